@@ -1,0 +1,42 @@
+// fluxserve: the command-line entry point. The gRPC server (`serve`) arrives with the server
+// issue; the engine tools are here today.
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "cli/commands.h"
+
+namespace {
+
+constexpr const char* kUsage = R"(usage: fluxserve <command> [flags]
+
+commands:
+  run                   denoise on the embedded default model (or --model DIR) and write latents
+  eval transformer      run a checkpoint's transformer on named input tensors
+                          --model DIR --inputs in.safetensors --outputs out.safetensors [--threads N]
+  eval scheduler        write the flow-match sigmas/timesteps FluxPipeline would use
+                          --model DIR --steps N --image-seq-len L --outputs out.safetensors
+  bench transformer     time one transformer step
+                          --model DIR [--image-tokens N | --height H --width W] [--text-tokens N]
+                          [--batch B] [--warmup W] [--iters I] [--threads N]
+  help                  this text
+
+`fluxserve <command> --help` describes a command's flags.
+)";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  if (args.empty() || args[0] == "help" || args[0] == "--help" || args[0] == "-h") {
+    std::cout << kUsage;
+    return args.empty() ? 2 : 0;
+  }
+  const std::string cmd = args[0];
+  std::vector<std::string> rest(args.begin() + 1, args.end());
+  if (cmd == "eval") return fluxserve::cli::eval_main(rest);
+  if (cmd == "bench") return fluxserve::cli::bench_main(rest);
+  if (cmd == "run") return fluxserve::cli::run_main(rest);
+  std::cerr << "fluxserve: unknown command '" << cmd << "'\n\n" << kUsage;
+  return 2;
+}

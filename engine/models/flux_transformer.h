@@ -1,0 +1,96 @@
+// FluxTransformer2DModel (diffusers models/transformers/transformer_flux.py) on kernels/ops.h.
+// Members are named after the state-dict keys (`transformer_blocks[i].attn.to_q`), so each
+// checkpoint key maps to one place here. Computes in f32 on the CPU.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/core/tensor.h"
+#include "engine/io/checkpoint.h"
+#include "engine/models/flux_config.h"
+#include "engine/models/weights.h"
+
+namespace fluxserve {
+
+// TimestepEmbedding / PixArtAlphaTextProjection: linear_2(silu(linear_1(x))).
+struct MlpEmbedder {
+  Linear linear_1, linear_2;
+  Tensor operator()(const Tensor& x) const;
+};
+
+// FluxAttention. The add_* projections, their norms and the output projections exist only in
+// the double-stream blocks (pre_only=False).
+struct FluxAttention {
+  Linear to_q, to_k, to_v;
+  Tensor norm_q, norm_k;  // RMSNorm weights [head_dim]
+  Linear add_q_proj, add_k_proj, add_v_proj;
+  Tensor norm_added_q, norm_added_k;
+  Linear to_out_0, to_add_out;
+};
+
+struct FeedForward {
+  Linear net_0_proj, net_2;  // GELU(tanh) between
+  Tensor operator()(const Tensor& x) const;
+};
+
+struct FluxTransformerBlock {
+  Linear norm1_linear, norm1_context_linear;  // AdaLayerNormZero: 6 chunks
+  FluxAttention attn;
+  FeedForward ff, ff_context;
+};
+
+struct FluxSingleTransformerBlock {
+  Linear norm_linear;  // AdaLayerNormZeroSingle: 3 chunks
+  FluxAttention attn;
+  Linear proj_mlp, proj_out;
+};
+
+struct FluxTransformerInputs {
+  Tensor hidden_states;          // [B, Li, in_channels]
+  Tensor encoder_hidden_states;  // [B, Lt, joint_attention_dim]
+  Tensor pooled_projections;     // [B, pooled_projection_dim]
+  Tensor timestep;               // [B] or [1], = t / 1000
+  Tensor img_ids;                // [Li, 3] (a leading batch dim of 1 is accepted)
+  Tensor txt_ids;                // [Lt, 3]
+  std::optional<Tensor> guidance;  // [B] or [1]; required iff config.guidance_embeds
+};
+
+class FluxTransformer2DModel {
+ public:
+  // Loads from a component folder (config.json + weights), e.g. <pipeline>/transformer.
+  static absl::StatusOr<std::unique_ptr<FluxTransformer2DModel>> load(const std::string& dir);
+  static absl::StatusOr<std::unique_ptr<FluxTransformer2DModel>> from_store(
+      const FluxTransformerConfig& config, const WeightStore& store);
+
+  // Validates the inputs against the config and returns `sample` [B, Li, out_features].
+  absl::StatusOr<Tensor> forward(const FluxTransformerInputs& in) const;
+
+  const FluxTransformerConfig& config() const { return config_; }
+  // Multiply-adds of one forward pass for a batch of 1, for GFLOP/s reporting.
+  double flops(int64_t image_tokens, int64_t text_tokens) const;
+  // Keys in the checkpoint the model did not use (diffusers warns about these).
+  const std::vector<std::string>& unused_keys() const { return unused_keys_; }
+
+ private:
+  FluxTransformerConfig config_;
+  Linear x_embedder, context_embedder;
+  MlpEmbedder timestep_embedder, text_embedder;
+  std::optional<MlpEmbedder> guidance_embedder;
+  std::vector<FluxTransformerBlock> transformer_blocks;
+  std::vector<FluxSingleTransformerBlock> single_transformer_blocks;
+  Linear norm_out_linear, proj_out;
+  std::vector<std::string> unused_keys_;
+};
+
+// Pieces of the forward pass exposed for tests.
+// get_timestep_embedding(t, 256, flip_sin_to_cos=True, downscale_freq_shift=0): [B] -> [B, 256].
+Tensor timestep_sinusoid(const Tensor& t, int64_t channels);
+// FluxPosEmbed: ids [S, n_axes] -> cos, sin [S, sum(axes_dims)], frequencies in float64.
+void flux_rope_tables(const Tensor& ids, const std::vector<int64_t>& axes_dims, double theta,
+                      Tensor* cos, Tensor* sin);
+
+}  // namespace fluxserve

@@ -1,0 +1,47 @@
+// Building blocks shared by the models: a Linear layer and a loader that takes tensors out of a
+// WeightStore by their state-dict key, checking each shape against the config and remembering
+// which keys were used (so unexpected keys can be reported as diffusers does).
+// Linear weights stay in their stored dtype (mmapped, zero-copy); small vectors (biases, norm
+// weights) are converted to f32 at load.
+#pragma once
+
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/core/tensor.h"
+#include "engine/io/checkpoint.h"
+
+namespace fluxserve {
+
+struct Linear {
+  Tensor weight;  // [out, in], stored dtype
+  Tensor bias;    // [out] f32, or undefined
+  bool has_bias = false;
+  // x: [..., in] -> [..., out]
+  Tensor operator()(const Tensor& x) const;
+  int64_t out_features() const { return weight.size(0); }
+  int64_t in_features() const { return weight.size(1); }
+};
+
+class WeightLoader {
+ public:
+  explicit WeightLoader(const WeightStore& store) : store_(store) {}
+
+  // The tensor under `key` with exactly `shape`, as stored (a view).
+  absl::StatusOr<Tensor> take(const std::string& key, const Shape& shape);
+  // The same, converted to f32.
+  absl::StatusOr<Tensor> take_f32(const std::string& key, const Shape& shape);
+  // `<prefix>.weight` [out, in] and, when `bias`, `<prefix>.bias` [out].
+  absl::StatusOr<Linear> linear(const std::string& prefix, int64_t in, int64_t out,
+                                bool bias = true);
+  // Keys in the store that no take() asked for.
+  std::vector<std::string> unused_keys() const;
+
+ private:
+  const WeightStore& store_;
+  std::set<std::string, std::less<>> used_;
+};
+
+}  // namespace fluxserve
