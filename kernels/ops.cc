@@ -72,7 +72,12 @@ Tensor cat_last(const Tensor& a, const Tensor& b) {
 }
 std::vector<Tensor> chunk_last(const Tensor& x, int n) {
   require_cpu(x, "chunk_last");
-  return cpu::chunk_last(x, n);
+  FLUX_CHECK(n > 0 && x.size(-1) % n == 0) << "chunk_last(" << n << ") of " << x.shape_str();
+  return cpu::split_last(x, std::vector<int64_t>(static_cast<size_t>(n), x.size(-1) / n));
+}
+std::vector<Tensor> split_last(const Tensor& x, const std::vector<int64_t>& widths) {
+  require_cpu(x, "split_last");
+  return cpu::split_last(x, widths);
 }
 
 }  // namespace fluxserve::ops

@@ -49,5 +49,7 @@ Tensor slice_seq(const Tensor& x, int64_t start, int64_t len);
 Tensor cat_last(const Tensor& a, const Tensor& b);
 // n equal chunks along the last dim (copies).
 std::vector<Tensor> chunk_last(const Tensor& x, int n);
+// Pieces of the given widths along the last dim (copies); the widths must sum to size(-1).
+std::vector<Tensor> split_last(const Tensor& x, const std::vector<int64_t>& widths);
 
 }  // namespace fluxserve::ops

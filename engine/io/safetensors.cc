@@ -13,6 +13,7 @@
 #include <set>
 
 #include "absl/status/status.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "engine/core/check.h"
 #include "engine/core/status.h"
@@ -312,7 +313,9 @@ absl::Status write_safetensors(const std::string& path,
   if (!metadata.empty()) {
     nlohmann::ordered_json md = nlohmann::ordered_json::object();
     for (const auto& [k, v] : metadata) {
-      if (!valid_utf8(k) || !valid_utf8(v)) return bad("metadata key '", k, "' is not valid UTF-8");
+      if (!valid_utf8(k) || !valid_utf8(v)) {
+        return bad("metadata entry '", absl::CHexEscape(k), "' is not valid UTF-8");
+      }
       md[k] = v;
     }
     header[std::string(kMetadataKey)] = std::move(md);
@@ -322,7 +325,9 @@ absl::Status write_safetensors(const std::string& path,
   for (const auto& [name, t] : tensors) {
     if (name == kMetadataKey) return bad("tensor name '", name, "' is reserved");
     if (!seen.insert(name).second) return bad("duplicate tensor name '", name, "'");
-    if (!valid_utf8(name)) return bad("tensor name '", name, "' is not valid UTF-8");
+    if (!valid_utf8(name)) {
+      return bad("tensor name '", absl::CHexEscape(name), "' is not valid UTF-8");
+    }
     if (t.device().type != DeviceType::kCPU) {
       return bad("tensor '", name, "' is on ", t.device().str(),
                  "; only CPU tensors can be written");

@@ -14,17 +14,22 @@ constexpr float kNormEps = 1e-6f;  // LayerNorm and QK RMSNorm eps in both block
 constexpr double kRopeTheta = 10000.0;
 constexpr int64_t kTimeChannels = 256;
 
+// Loads attention `p` of a block; `extra` (the single blocks' proj_mlp) is stacked after q, k, v.
 absl::Status load_attention(WeightLoader& w, const std::string& p, int64_t dim, int64_t head_dim,
-                            bool pre_only, FluxAttention* a) {
-  FLUX_ASSIGN_OR_RETURN(a->to_q, w.linear(p + ".to_q", dim, dim));
-  FLUX_ASSIGN_OR_RETURN(a->to_k, w.linear(p + ".to_k", dim, dim));
-  FLUX_ASSIGN_OR_RETURN(a->to_v, w.linear(p + ".to_v", dim, dim));
+                            bool pre_only, const Linear* extra, FluxAttention* a) {
+  FLUX_ASSIGN_OR_RETURN(Linear to_q, w.linear(p + ".to_q", dim, dim));
+  FLUX_ASSIGN_OR_RETURN(Linear to_k, w.linear(p + ".to_k", dim, dim));
+  FLUX_ASSIGN_OR_RETURN(Linear to_v, w.linear(p + ".to_v", dim, dim));
+  std::vector<const Linear*> parts = {&to_q, &to_k, &to_v};
+  if (extra != nullptr) parts.push_back(extra);
+  a->to_qkv = stack_linears(parts);
   FLUX_ASSIGN_OR_RETURN(a->norm_q, w.take_f32(p + ".norm_q.weight", {head_dim}));
   FLUX_ASSIGN_OR_RETURN(a->norm_k, w.take_f32(p + ".norm_k.weight", {head_dim}));
   if (pre_only) return absl::OkStatus();
-  FLUX_ASSIGN_OR_RETURN(a->add_q_proj, w.linear(p + ".add_q_proj", dim, dim));
-  FLUX_ASSIGN_OR_RETURN(a->add_k_proj, w.linear(p + ".add_k_proj", dim, dim));
-  FLUX_ASSIGN_OR_RETURN(a->add_v_proj, w.linear(p + ".add_v_proj", dim, dim));
+  FLUX_ASSIGN_OR_RETURN(Linear add_q, w.linear(p + ".add_q_proj", dim, dim));
+  FLUX_ASSIGN_OR_RETURN(Linear add_k, w.linear(p + ".add_k_proj", dim, dim));
+  FLUX_ASSIGN_OR_RETURN(Linear add_v, w.linear(p + ".add_v_proj", dim, dim));
+  a->add_qkv_proj = stack_linears({&add_q, &add_k, &add_v});
   FLUX_ASSIGN_OR_RETURN(a->norm_added_q, w.take_f32(p + ".norm_added_q.weight", {head_dim}));
   FLUX_ASSIGN_OR_RETURN(a->norm_added_k, w.take_f32(p + ".norm_added_k.weight", {head_dim}));
   FLUX_ASSIGN_OR_RETURN(a->to_out_0, w.linear(p + ".to_out.0", dim, dim));
@@ -40,10 +45,9 @@ absl::StatusOr<MlpEmbedder> load_mlp_embedder(WeightLoader& w, const std::string
   return e;
 }
 
-// Projects x [B, S, H*Dh] to heads, applies the per-head RMSNorm: -> [B, S, H, Dh].
-Tensor project_heads(const Linear& proj, const Tensor* norm, const Tensor& x, int64_t heads,
-                     int64_t head_dim) {
-  Tensor y = proj(x).reshape({x.size(0), x.size(1), heads, head_dim});
+// [B, S, H*Dh] -> [B, S, H, Dh], with the per-head RMSNorm applied when `norm` is given.
+Tensor to_heads(const Tensor& x, const Tensor* norm, int64_t heads, int64_t head_dim) {
+  Tensor y = x.reshape({x.size(0), x.size(1), heads, head_dim});
   if (norm != nullptr) ops::rms_norm_(y, *norm, kNormEps);
   return y;
 }
@@ -187,7 +191,8 @@ absl::StatusOr<std::unique_ptr<FluxTransformer2DModel>> FluxTransformer2DModel::
     FluxTransformerBlock& b = m->transformer_blocks[i];
     FLUX_ASSIGN_OR_RETURN(b.norm1_linear, w.linear(p + ".norm1.linear", d, 6 * d));
     FLUX_ASSIGN_OR_RETURN(b.norm1_context_linear, w.linear(p + ".norm1_context.linear", d, 6 * d));
-    FLUX_RETURN_IF_ERROR(load_attention(w, p + ".attn", d, hd, /*pre_only=*/false, &b.attn));
+    FLUX_RETURN_IF_ERROR(
+        load_attention(w, p + ".attn", d, hd, /*pre_only=*/false, /*extra=*/nullptr, &b.attn));
     FLUX_ASSIGN_OR_RETURN(b.ff.net_0_proj, w.linear(p + ".ff.net.0.proj", d, mlp));
     FLUX_ASSIGN_OR_RETURN(b.ff.net_2, w.linear(p + ".ff.net.2", mlp, d));
     FLUX_ASSIGN_OR_RETURN(b.ff_context.net_0_proj, w.linear(p + ".ff_context.net.0.proj", d, mlp));
@@ -198,8 +203,8 @@ absl::StatusOr<std::unique_ptr<FluxTransformer2DModel>> FluxTransformer2DModel::
     const std::string p = absl::StrCat("single_transformer_blocks.", i);
     FluxSingleTransformerBlock& b = m->single_transformer_blocks[i];
     FLUX_ASSIGN_OR_RETURN(b.norm_linear, w.linear(p + ".norm.linear", d, 3 * d));
-    FLUX_RETURN_IF_ERROR(load_attention(w, p + ".attn", d, hd, /*pre_only=*/true, &b.attn));
-    FLUX_ASSIGN_OR_RETURN(b.proj_mlp, w.linear(p + ".proj_mlp", d, mlp));
+    FLUX_ASSIGN_OR_RETURN(Linear proj_mlp, w.linear(p + ".proj_mlp", d, mlp));
+    FLUX_RETURN_IF_ERROR(load_attention(w, p + ".attn", d, hd, /*pre_only=*/true, &proj_mlp, &b.attn));
     FLUX_ASSIGN_OR_RETURN(b.proj_out, w.linear(p + ".proj_out", d + mlp, d));
   }
   FLUX_ASSIGN_OR_RETURN(m->norm_out_linear, w.linear("norm_out.linear", d, 2 * d));
@@ -211,6 +216,7 @@ absl::StatusOr<std::unique_ptr<FluxTransformer2DModel>> FluxTransformer2DModel::
 absl::StatusOr<Tensor> FluxTransformer2DModel::forward(const FluxTransformerInputs& in) const {
   const FluxTransformerConfig& c = config_;
   const int64_t heads = c.num_attention_heads, hd = c.attention_head_dim;
+  const int64_t d = c.inner_dim(), mlp_dim = 4 * d;
   // ---- input validation: every shape a caller can get wrong is named here ----
   if (in.hidden_states.dim() != 3) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -276,11 +282,13 @@ absl::StatusOr<Tensor> FluxTransformer2DModel::forward(const FluxTransformerInpu
     const Tensor nx = ops::layer_norm_modulate(x, m[0], m[1], kNormEps);
     const Tensor nc = ops::layer_norm_modulate(ctx, mc[0], mc[1], kNormEps);
     const FluxAttention& a = blk.attn;
-    Tensor q = ops::cat_seq(as_seq(project_heads(a.add_q_proj, &a.norm_added_q, nc, heads, hd)),
-                            as_seq(project_heads(a.to_q, &a.norm_q, nx, heads, hd)));
-    Tensor k = ops::cat_seq(as_seq(project_heads(a.add_k_proj, &a.norm_added_k, nc, heads, hd)),
-                            as_seq(project_heads(a.to_k, &a.norm_k, nx, heads, hd)));
-    const Tensor v = ops::cat_seq(a.add_v_proj(nc), a.to_v(nx));
+    std::vector<Tensor> xq = ops::split_last(a.to_qkv(nx), {d, d, d});         // image q, k, v
+    std::vector<Tensor> cq = ops::split_last(a.add_qkv_proj(nc), {d, d, d});  // text q, k, v
+    Tensor q = ops::cat_seq(as_seq(to_heads(cq[0], &a.norm_added_q, heads, hd)),
+                            as_seq(to_heads(xq[0], &a.norm_q, heads, hd)));
+    Tensor k = ops::cat_seq(as_seq(to_heads(cq[1], &a.norm_added_k, heads, hd)),
+                            as_seq(to_heads(xq[1], &a.norm_k, heads, hd)));
+    const Tensor v = ops::cat_seq(cq[2], xq[2]);
     Tensor qh = as_heads(q, heads), kh = as_heads(k, heads);
     ops::rope_(qh, rope_cos, rope_sin);
     ops::rope_(kh, rope_cos, rope_sin);
@@ -297,15 +305,15 @@ absl::StatusOr<Tensor> FluxTransformer2DModel::forward(const FluxTransformerInpu
   for (const FluxSingleTransformerBlock& blk : single_transformer_blocks) {
     std::vector<Tensor> m = ops::chunk_last(blk.norm_linear(temb_silu), 3);  // shift, scale, gate
     const Tensor n = ops::layer_norm_modulate(h, m[0], m[1], kNormEps);
-    Tensor mlp = blk.proj_mlp(n);
-    ops::gelu_tanh_(mlp);
     const FluxAttention& a = blk.attn;
-    Tensor qh = project_heads(a.to_q, &a.norm_q, n, heads, hd);
-    Tensor kh = project_heads(a.to_k, &a.norm_k, n, heads, hd);
+    std::vector<Tensor> p = ops::split_last(a.to_qkv(n), {d, d, d, mlp_dim});  // q, k, v, mlp
+    Tensor& mlp = p[3];
+    ops::gelu_tanh_(mlp);
+    Tensor qh = to_heads(p[0], &a.norm_q, heads, hd);
+    Tensor kh = to_heads(p[1], &a.norm_k, heads, hd);
     ops::rope_(qh, rope_cos, rope_sin);
     ops::rope_(kh, rope_cos, rope_sin);
-    const Tensor attn = ops::attention(qh, kh, project_heads(a.to_v, nullptr, n, heads, hd),
-                                       attn_scale);
+    const Tensor attn = ops::attention(qh, kh, to_heads(p[2], nullptr, heads, hd), attn_scale);
     ops::gated_add_(h, m[2], blk.proj_out(ops::cat_last(attn, mlp)));  // [attn | mlp]
   }
   x = ops::slice_seq(h, lt, li);

@@ -23,11 +23,12 @@ struct MlpEmbedder {
 };
 
 // FluxAttention. The add_* projections, their norms and the output projections exist only in
-// the double-stream blocks (pre_only=False).
+// the double-stream blocks (pre_only=False). Projections over the same input are stacked at load
+// so one GEMM computes them: `to_qkv` = to_q|to_k|to_v, `add_qkv_proj` = add_q|add_k|add_v_proj.
 struct FluxAttention {
-  Linear to_q, to_k, to_v;
+  Linear to_qkv;
   Tensor norm_q, norm_k;  // RMSNorm weights [head_dim]
-  Linear add_q_proj, add_k_proj, add_v_proj;
+  Linear add_qkv_proj;
   Tensor norm_added_q, norm_added_k;
   Linear to_out_0, to_add_out;
 };
@@ -45,8 +46,8 @@ struct FluxTransformerBlock {
 
 struct FluxSingleTransformerBlock {
   Linear norm_linear;  // AdaLayerNormZeroSingle: 3 chunks
-  FluxAttention attn;
-  Linear proj_mlp, proj_out;
+  FluxAttention attn;  // attn.to_qkv also carries proj_mlp's rows: to_q|to_k|to_v|proj_mlp
+  Linear proj_out;
 };
 
 struct FluxTransformerInputs {

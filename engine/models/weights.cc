@@ -1,6 +1,9 @@
 #include "engine/models/weights.h"
 
+#include <cstring>
+
 #include "absl/strings/str_cat.h"
+#include "engine/core/check.h"
 #include "engine/core/status.h"
 #include "kernels/ops.h"
 
@@ -8,6 +11,36 @@ namespace fluxserve {
 
 Tensor Linear::operator()(const Tensor& x) const {
   return ops::linear(x, weight, has_bias ? &bias : nullptr);
+}
+
+Linear stack_linears(const std::vector<const Linear*>& parts) {
+  FLUX_CHECK(!parts.empty());
+  const int64_t in = parts[0]->in_features();
+  int64_t out = 0;
+  bool same_dtype = true;
+  for (const Linear* p : parts) {
+    FLUX_CHECK(p->in_features() == in && p->has_bias == parts[0]->has_bias)
+        << "stack_linears: incompatible parts";
+    out += p->out_features();
+    same_dtype = same_dtype && p->weight.dtype() == parts[0]->weight.dtype();
+  }
+  const DType dt = same_dtype ? parts[0]->weight.dtype() : DType::kF32;
+  Linear l;
+  l.weight = Tensor::empty({out, in}, dt);
+  l.has_bias = parts[0]->has_bias;
+  if (l.has_bias) l.bias = Tensor::empty({out});
+  char* w = static_cast<char*>(l.weight.raw());
+  float* b = l.has_bias ? l.bias.data<float>() : nullptr;
+  for (const Linear* p : parts) {
+    const Tensor src = same_dtype ? p->weight : *p->weight.as_f32();
+    std::memcpy(w, src.raw(), src.nbytes());
+    w += src.nbytes();
+    if (b != nullptr) {
+      std::memcpy(b, p->bias.raw(), p->bias.nbytes());
+      b += p->out_features();
+    }
+  }
+  return l;
 }
 
 absl::StatusOr<Tensor> WeightLoader::take(const std::string& key, const Shape& shape) {

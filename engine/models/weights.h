@@ -25,6 +25,11 @@ struct Linear {
   int64_t in_features() const { return weight.size(1); }
 };
 
+// Several linears over the same input stacked row-wise into one [sum(out), in] layer, so one GEMM
+// computes them all (q, k, v and the single blocks' MLP input). A copy, in the parts' common
+// dtype (f32 when they differ). Biases must be all present or all absent.
+Linear stack_linears(const std::vector<const Linear*>& parts);
+
 class WeightLoader {
  public:
   explicit WeightLoader(const WeightStore& store) : store_(store) {}

@@ -34,27 +34,25 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor* b) {
   absl::StatusOr<Tensor> w32 = w.as_f32();
   FLUX_CHECK(w32.ok()) << w32.status();
   float* yp = y.data<float>();
-  if (m > 0 && n > 0) {
-    if (k == 0) {
-      std::memset(yp, 0, y.nbytes());
-    } else {
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m),
-                  static_cast<int>(n), static_cast<int>(k), 1.0f, x.data<float>(),
-                  static_cast<int>(k), w32->data<float>(), static_cast<int>(k), 0.0f, yp,
-                  static_cast<int>(n));
-    }
-  }
+  if (m == 0 || n == 0) return y;
+  // The bias is written first and the GEMM accumulates onto it (beta = 1): one pass over y
+  // instead of OpenBLAS zeroing it (beta = 0) and a second pass adding the bias.
+  float beta = 0.0f;
   if (b != nullptr) {
     FLUX_CHECK(b->numel() == n) << "linear: bias " << b->shape_str() << " for " << n << " outputs";
     absl::StatusOr<Tensor> b32 = b->as_f32();
     FLUX_CHECK(b32.ok()) << b32.status();
     const float* bp = b32->data<float>();
 #pragma omp parallel for if (m * n > kParallelMin)
-    for (int64_t i = 0; i < m; ++i) {
-      float* row = yp + i * n;
-#pragma omp simd
-      for (int64_t j = 0; j < n; ++j) row[j] += bp[j];
-    }
+    for (int64_t i = 0; i < m; ++i) std::memcpy(yp + i * n, bp, static_cast<size_t>(n) * sizeof(float));
+    beta = 1.0f;
+  } else if (k == 0) {
+    std::memset(yp, 0, y.nbytes());
+  }
+  if (k > 0) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m), static_cast<int>(n),
+                static_cast<int>(k), 1.0f, x.data<float>(), static_cast<int>(k), w32->data<float>(),
+                static_cast<int>(k), beta, yp, static_cast<int>(n));
   }
   return y;
 }
@@ -227,7 +225,8 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale)
   if (out.numel() == 0) return out;
   // Query blocks are independent: each thread computes a [block, S] score tile with one sgemm
   // (OpenBLAS runs single-threaded inside a parallel region), normalises it, and multiplies by V.
-  constexpr int64_t kBlock = 64;
+  // 256-row blocks amortize the packing of K and V that every sgemm call repeats.
+  constexpr int64_t kBlock = 256;
   const int64_t nblocks = (s + kBlock - 1) / kBlock;
   const float* qp = q.data<float>();
   const float* kp = k.data<float>();
@@ -326,20 +325,26 @@ Tensor cat_last(const Tensor& a, const Tensor& b) {
   return y;
 }
 
-std::vector<Tensor> chunk_last(const Tensor& x, int n) {
-  FLUX_CHECK(n > 0 && x.size(-1) % n == 0) << "chunk_last(" << n << ") of " << x.shape_str();
-  const int64_t rows = rows_of(x), d = x.size(-1), c = d / n;
+std::vector<Tensor> split_last(const Tensor& x, const std::vector<int64_t>& widths) {
+  int64_t total = 0;
+  for (int64_t w : widths) total += w;
+  FLUX_CHECK(total == x.size(-1)) << "split_last: widths sum to " << total << " for "
+                                  << x.shape_str();
+  const int64_t rows = rows_of(x), d = x.size(-1);
   const size_t es = dtype_size(x.dtype());
-  Shape shape = x.shape();
-  shape.back() = c;
   std::vector<Tensor> out;
-  for (int j = 0; j < n; ++j) {
+  int64_t off = 0;
+  for (int64_t c : widths) {
+    Shape shape = x.shape();
+    shape.back() = c;
     Tensor t = Tensor::empty(shape, x.dtype());
+#pragma omp parallel for if (rows * c > kParallelMin)
     for (int64_t i = 0; i < rows; ++i) {
       std::memcpy(static_cast<char*>(t.raw()) + static_cast<size_t>(i * c) * es,
-                  static_cast<const char*>(x.raw()) + static_cast<size_t>(i * d + j * c) * es,
+                  static_cast<const char*>(x.raw()) + static_cast<size_t>(i * d + off) * es,
                   static_cast<size_t>(c) * es);
     }
+    off += c;
     out.push_back(std::move(t));
   }
   return out;

@@ -21,6 +21,6 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale)
 Tensor cat_seq(const Tensor& a, const Tensor& b);
 Tensor slice_seq(const Tensor& x, int64_t start, int64_t len);
 Tensor cat_last(const Tensor& a, const Tensor& b);
-std::vector<Tensor> chunk_last(const Tensor& x, int n);
+std::vector<Tensor> split_last(const Tensor& x, const std::vector<int64_t>& widths);
 
 }  // namespace fluxserve::cpu

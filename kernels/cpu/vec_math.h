@@ -11,8 +11,11 @@ namespace fluxserve::cpu {
 
 #pragma omp declare simd
 inline float vexp(float x) {
-  const float xc = std::fmin(std::fmax(x, -87.3f), 88.3f);
-  const float n = std::floor(xc * 1.44269504088896341f + 0.5f);
+  // Plain compares, not std::fmin/fmax: those are libm calls (NaN rules) that block vectorizing.
+  float xc = x < -87.3f ? -87.3f : x;
+  xc = xc > 88.3f ? 88.3f : xc;
+  // n = round(x / ln 2) by the 1.5 * 2^23 trick: std::floor would be a scalar libm call.
+  const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
   float r = xc - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
   float p = 1.9875691500e-4f;
@@ -30,7 +33,9 @@ inline float vexp(float x) {
 
 #pragma omp declare simd
 inline float vtanh(float x) {
-  const float e = vexp(2.0f * std::fmin(std::fmax(x, -44.0f), 44.0f));
+  float xc = x < -44.0f ? -44.0f : x;
+  xc = xc > 44.0f ? 44.0f : xc;
+  const float e = vexp(2.0f * xc);
   return 1.0f - 2.0f / (e + 1.0f);
 }
 
