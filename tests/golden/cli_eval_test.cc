@@ -2,6 +2,8 @@
 // fixtures, the offline run on the embedded default, and clear failures on bad invocations.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -22,7 +24,9 @@ struct Result {
 };
 
 Result run_cli(const std::string& args) {
-  const std::string log = std::filesystem::temp_directory_path() / "fluxserve_cli_test.log";
+  // ctest runs tests as parallel processes: one log file per process.
+  const std::string log = std::filesystem::temp_directory_path() /
+                          ("fluxserve_cli_test." + std::to_string(getpid()) + ".log");
   const std::string cmd = std::string(FLUXSERVE_BIN) + " " + args + " > " + log + " 2>&1";
   const int rc = std::system(cmd.c_str());
   std::ifstream f(log);
@@ -32,7 +36,7 @@ Result run_cli(const std::string& args) {
 }
 
 std::string tmp(const std::string& name) {
-  return (std::filesystem::temp_directory_path() / name).string();
+  return (std::filesystem::temp_directory_path() / (std::to_string(getpid()) + "_" + name)).string();
 }
 
 TEST(CliEval, TransformerMatchesDiffusers) {
