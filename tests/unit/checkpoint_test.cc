@@ -14,16 +14,12 @@
 #include "absl/status/status.h"
 #include "engine/io/json_util.h"
 #include "engine/io/safetensors.h"
+#include "tests/unit/test_util.h"
 
 namespace fluxserve {
 namespace {
 
-std::string make_temp_dir() {
-  std::string tmpl = ::testing::TempDir() + "/checkpoint_test_XXXXXX";
-  char* p = mkdtemp(tmpl.data());
-  EXPECT_NE(p, nullptr);
-  return tmpl;
-}
+using testing::expect_error;
 
 void write_text(const std::string& path, const std::string& text) {
   std::ofstream f(path, std::ios::binary);
@@ -36,19 +32,9 @@ Tensor iota(Shape shape, float start) {
   return t;
 }
 
-void expect_error(const absl::Status& s, std::initializer_list<std::string> parts,
-                  absl::StatusCode code = absl::StatusCode::kInvalidArgument) {
-  ASSERT_FALSE(s.ok()) << "expected an error";
-  EXPECT_EQ(s.code(), code) << s;
-  const std::string msg(s.message());
-  for (const std::string& part : parts) {
-    EXPECT_NE(msg.find(part), std::string::npos) << "'" << part << "' not in: " << msg;
-  }
-}
-
 class CheckpointTest : public ::testing::Test {
  protected:
-  void SetUp() override { dir_ = make_temp_dir(); }
+  void SetUp() override { dir_ = testing::make_temp_dir("checkpoint_test"); }
   std::string path(const std::string& name) const { return dir_ + "/" + name; }
 
   // Two shards and an index under `index_name` mapping every key to its shard.
@@ -153,7 +139,7 @@ TEST_F(CheckpointTest, ShardedTransformersIndex) {
 
 TEST_F(CheckpointTest, SingleFileNames) {
   for (const char* name : {"diffusion_pytorch_model.safetensors", "model.safetensors"}) {
-    const std::string d = make_temp_dir();
+    const std::string d = testing::make_temp_dir("checkpoint_test");
     ASSERT_TRUE(write_safetensors(d + "/" + name, {{"w", iota({2}, 1)}}).ok());
     auto ws = WeightStore::open_dir(d);
     ASSERT_TRUE(ws.ok()) << name << ": " << ws.status();

@@ -1,6 +1,7 @@
 // safetensors reader/writer: round trips of every dtype, metadata, zero-size tensors, and one
 // corrupt file per validation rule, each failing with a message that names the file and tensor.
 #include "engine/io/safetensors.h"
+#include "tests/unit/test_util.h"
 
 #include <gtest/gtest.h>
 #include <stdlib.h>
@@ -17,12 +18,7 @@
 namespace fluxserve {
 namespace {
 
-std::string make_temp_dir() {
-  std::string tmpl = ::testing::TempDir() + "/safetensors_test_XXXXXX";
-  char* p = mkdtemp(tmpl.data());
-  EXPECT_NE(p, nullptr);
-  return tmpl;
-}
+using testing::expect_error;
 
 // Writes a safetensors image by hand: 8-byte little-endian length (the header's own size unless
 // overridden), the header text, then the data bytes.
@@ -58,20 +54,9 @@ bool same_bytes(const Tensor& a, const Tensor& b) {
          (a.nbytes() == 0 || std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0);
 }
 
-// The status is an error whose message holds every one of `parts`.
-void expect_error(const absl::Status& s, std::initializer_list<std::string> parts,
-                  absl::StatusCode code = absl::StatusCode::kInvalidArgument) {
-  ASSERT_FALSE(s.ok()) << "expected an error";
-  EXPECT_EQ(s.code(), code) << s;
-  const std::string msg(s.message());
-  for (const std::string& part : parts) {
-    EXPECT_NE(msg.find(part), std::string::npos) << "'" << part << "' not in: " << msg;
-  }
-}
-
 class SafetensorsTest : public ::testing::Test {
  protected:
-  void SetUp() override { dir_ = make_temp_dir(); }
+  void SetUp() override { dir_ = testing::make_temp_dir("safetensors_test"); }
   std::string path(const std::string& name) const { return dir_ + "/" + name; }
 
   // Writes `header` + `data` to a file named `name` and opens it; returns the open status.
