@@ -9,7 +9,12 @@ namespace fluxserve::cli {
 
 int eval_main(const std::vector<std::string>& args);   // eval transformer | scheduler
 int bench_main(const std::vector<std::string>& args);  // bench transformer
-int run_main(const std::vector<std::string>& args);    // offline denoising run
+int generate_main(const std::vector<std::string>& args);  // text -> PNG
+// `eval clip|t5` (cli/eval_text.cc), `eval vae` (cli/eval_vae.cc), `eval tokenize`
+// (cli/eval_tokenize.cc): args are the flags after the component name.
+int eval_text_main(const std::string& component, const std::vector<std::string>& args);
+int eval_vae_main(const std::vector<std::string>& args);
+int eval_tokenize_main(const std::vector<std::string>& args);
 // The embedded default model folder (models/tiny-flux in the source tree or next to the binary).
 std::string default_model_dir();
 

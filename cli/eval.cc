@@ -101,6 +101,9 @@ int eval_main(const std::vector<std::string>& args) {
     return args.empty() ? 2 : 0;
   }
   const std::vector<std::string> rest(args.begin() + 1, args.end());
+  if (args[0] == "clip" || args[0] == "t5") return eval_text_main(args[0], rest);
+  if (args[0] == "vae") return eval_vae_main(rest);
+  if (args[0] == "tokenize") return eval_tokenize_main(rest);
   absl::Status st;
   if (args[0] == "transformer") {
     auto a = Args::parse(rest, {"model", "inputs", "outputs", "threads"});

@@ -13,11 +13,14 @@ namespace {
 constexpr const char* kUsage = R"(usage: fluxserve <command> [flags]
 
 commands:
-  run                   denoise on the embedded default model (or --model DIR) and write latents
+  generate              text to PNG on the embedded default model (or --model DIR)
   eval transformer      run a checkpoint's transformer on named input tensors
                           --model DIR --inputs in.safetensors --outputs out.safetensors [--threads N]
   eval scheduler        write the flow-match sigmas/timesteps FluxPipeline would use
                           --model DIR --steps N --image-seq-len L --outputs out.safetensors
+  eval clip|t5|vae      run one component: input_ids -> last_hidden_state (+ pooler_output),
+                          latents -> sample (same flags as eval transformer)
+  eval tokenize         --model DIR --prompt TEXT [--prompt-2 TEXT] -> input_ids_clip, input_ids_t5
   bench transformer     time one transformer step
                           --model DIR [--image-tokens N | --height H --width W] [--text-tokens N]
                           [--batch B] [--warmup W] [--iters I] [--threads N]
@@ -42,7 +45,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> rest(args.begin() + 1, args.end());
   if (cmd == "eval") return fluxserve::cli::eval_main(rest);
   if (cmd == "bench") return fluxserve::cli::bench_main(rest);
-  if (cmd == "run") return fluxserve::cli::run_main(rest);
+  if (cmd == "generate") return fluxserve::cli::generate_main(rest);
   std::cerr << "fluxserve: unknown command '" << cmd << "'\n\n" << kUsage;
   return 2;
 }

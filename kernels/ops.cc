@@ -80,4 +80,34 @@ std::vector<Tensor> split_last(const Tensor& x, const std::vector<int64_t>& widt
   return cpu::split_last(x, widths);
 }
 
+Tensor attention_ex(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
+                    const Tensor* bias, bool causal) {
+  require_cpu(q, "attention_ex");
+  return cpu::attention_ex(q, k, v, scale, bias, causal);
+}
+void quick_gelu_(Tensor& x) {
+  require_cpu(x, "quick_gelu");
+  cpu::quick_gelu_(x);
+}
+void mul_(Tensor& x, const Tensor& y) {
+  require_cpu(x, "mul");
+  cpu::mul_(x, y);
+}
+Tensor embedding(const Tensor& table, const Tensor& ids) {
+  require_cpu(table, "embedding");
+  return cpu::embedding(table, ids);
+}
+Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor* b, int stride, int padding) {
+  require_cpu(x, "conv2d");
+  return cpu::conv2d(x, w, b, stride, padding);
+}
+Tensor group_norm(const Tensor& x, int groups, const Tensor& w, const Tensor& b, float eps) {
+  require_cpu(x, "group_norm");
+  return cpu::group_norm(x, groups, w, b, eps);
+}
+Tensor upsample_nearest2x(const Tensor& x) {
+  require_cpu(x, "upsample_nearest2x");
+  return cpu::upsample_nearest2x(x);
+}
+
 }  // namespace fluxserve::ops

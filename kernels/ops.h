@@ -52,4 +52,25 @@ std::vector<Tensor> chunk_last(const Tensor& x, int n);
 // Pieces of the given widths along the last dim (copies); the widths must sum to size(-1).
 std::vector<Tensor> split_last(const Tensor& x, const std::vector<int64_t>& widths);
 
+// ---- text encoders (CLIP, T5) ----
+// attention() with an additive bias [H, S, S] broadcast over the batch (T5's relative position
+// bias; may be null) and an optional causal mask (CLIP: key j > query i is masked out).
+Tensor attention_ex(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
+                    const Tensor* bias, bool causal);
+// x * sigmoid(1.702 x), in place (CLIP's quick_gelu).
+void quick_gelu_(Tensor& x);
+// x *= y elementwise (same shape).
+void mul_(Tensor& x, const Tensor& y);
+// Rows of `table` [V, D] (any float dtype) picked by integer `ids` (i32/i64, any shape) ->
+// [*ids.shape, D] f32. Ids must be in [0, V): callers validate user-supplied ids first.
+Tensor embedding(const Tensor& table, const Tensor& ids);
+
+// ---- image decoder (VAE) ----
+// 2-d convolution, NCHW. x: [B, C, H, W], w: [O, C, kh, kw] (any float dtype), b: [O] or null.
+Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor* b, int stride, int padding);
+// GroupNorm over [B, C, H, W] with affine w, b: [C].
+Tensor group_norm(const Tensor& x, int groups, const Tensor& w, const Tensor& b, float eps);
+// Nearest-neighbour 2x upsampling: [B, C, H, W] -> [B, C, 2H, 2W].
+Tensor upsample_nearest2x(const Tensor& x);
+
 }  // namespace fluxserve::ops

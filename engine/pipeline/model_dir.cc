@@ -1,8 +1,11 @@
 #include "engine/pipeline/model_dir.h"
 
+#include <algorithm>
 #include <filesystem>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "engine/core/status.h"
 #include "engine/io/checkpoint.h"
 
@@ -20,7 +23,9 @@ absl::StatusOr<std::string> find_component_dir(const std::string& model_dir,
   if (fs::exists(fs::path(model_dir) / "model_index.json", ec)) {
     FLUX_ASSIGN_OR_RETURN(ModelIndex index, read_model_index(model_dir));
     auto it = index.components.find(component);
-    if (it != index.components.end() && it->second.second != expected_class) {
+    const std::vector<std::string> allowed = absl::StrSplit(expected_class, '|');
+    if (it != index.components.end() &&
+        std::find(allowed.begin(), allowed.end(), it->second.second) == allowed.end()) {
       return absl::InvalidArgumentError(absl::StrCat(
           model_dir, "/model_index.json: component '", component, "' is ", it->second.first, ".",
           it->second.second, ", expected ", expected_class));

@@ -215,22 +215,34 @@ void rope_(Tensor& x, const Tensor& cos, const Tensor& sin) {
   }
 }
 
-Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale) {
-  require_f32(q, "attention");
+namespace {
+
+// The blocked kernel behind attention and attention_ex. Query blocks are independent: each thread
+// computes a [block, kv] score tile with one sgemm (OpenBLAS runs single-threaded inside a
+// parallel region), adds the bias, normalises it, and multiplies by V. With `causal`, a block only
+// needs the keys up to its last query (kv = q0 + nq) and keys past each row's own position get
+// exactly zero weight (torch adds finfo.min there, whose exp underflows to 0). 256-row blocks
+// amortize the packing of K and V that every sgemm call repeats.
+Tensor attention_blocked(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
+                         const Tensor* bias, bool causal, const char* op_name) {
+  require_f32(q, op_name);
   FLUX_CHECK(q.dim() == 4 && k.shape() == q.shape() && v.shape() == q.shape())
-      << "attention: q " << q.shape_str() << " k " << k.shape_str() << " v " << v.shape_str();
+      << op_name << ": q " << q.shape_str() << " k " << k.shape_str() << " v " << v.shape_str();
   const int64_t bsz = q.size(0), s = q.size(1), h = q.size(2), dh = q.size(3);
+  if (bias != nullptr) {
+    require_f32(*bias, op_name);
+    FLUX_CHECK(bias->numel() == h * s * s)
+        << op_name << ": bias " << bias->shape_str() << " for " << h << " heads x " << s << "^2";
+  }
   const int64_t ld = h * dh;
   Tensor out = Tensor::empty({bsz, s, ld});
   if (out.numel() == 0) return out;
-  // Query blocks are independent: each thread computes a [block, S] score tile with one sgemm
-  // (OpenBLAS runs single-threaded inside a parallel region), normalises it, and multiplies by V.
-  // 256-row blocks amortize the packing of K and V that every sgemm call repeats.
   constexpr int64_t kBlock = 256;
   const int64_t nblocks = (s + kBlock - 1) / kBlock;
   const float* qp = q.data<float>();
   const float* kp = k.data<float>();
   const float* vp = v.data<float>();
+  const float* bp = bias != nullptr ? bias->data<float>() : nullptr;
   float* op = out.data<float>();
 #pragma omp parallel
   {
@@ -240,36 +252,55 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale)
       for (int64_t hh = 0; hh < h; ++hh) {
         for (int64_t blk = 0; blk < nblocks; ++blk) {
           const int64_t q0 = blk * kBlock, nq = std::min(kBlock, s - q0);
+          const int64_t kv = causal ? q0 + nq : s;  // keys any row of this block may see
           const float* qb = qp + ((b * s + q0) * h + hh) * dh;
           const float* kb = kp + (b * s * h + hh) * dh;
           const float* vb = vp + (b * s * h + hh) * dh;
           float* ob = op + ((b * s + q0) * h + hh) * dh;
           cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(nq),
-                      static_cast<int>(s), static_cast<int>(dh), scale, qb, static_cast<int>(ld), kb,
-                      static_cast<int>(ld), 0.0f, scores.data(), static_cast<int>(s));
+                      static_cast<int>(kv), static_cast<int>(dh), scale, qb, static_cast<int>(ld),
+                      kb, static_cast<int>(ld), 0.0f, scores.data(), static_cast<int>(kv));
           for (int64_t r = 0; r < nq; ++r) {
-            float* row = scores.data() + r * s;
+            float* row = scores.data() + r * kv;
+            const int64_t n = causal ? q0 + r + 1 : kv;  // unmasked keys [0, n)
+            if (bp != nullptr) {
+              const float* br = bp + (hh * s + q0 + r) * s;
+#pragma omp simd
+              for (int64_t j = 0; j < n; ++j) row[j] += br[j];
+            }
             float mx = -INFINITY;
-            for (int64_t j = 0; j < s; ++j) mx = std::max(mx, row[j]);
+            for (int64_t j = 0; j < n; ++j) mx = std::max(mx, row[j]);
             float sum = 0.f;
 #pragma omp simd reduction(+ : sum)
-            for (int64_t j = 0; j < s; ++j) {
+            for (int64_t j = 0; j < n; ++j) {
               row[j] = vexp(row[j] - mx);
               sum += row[j];
             }
             const float inv = 1.0f / sum;
 #pragma omp simd
-            for (int64_t j = 0; j < s; ++j) row[j] *= inv;
+            for (int64_t j = 0; j < n; ++j) row[j] *= inv;
+            for (int64_t j = n; j < kv; ++j) row[j] = 0.0f;
           }
           cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(nq),
-                      static_cast<int>(dh), static_cast<int>(s), 1.0f, scores.data(),
-                      static_cast<int>(s), vb, static_cast<int>(ld), 0.0f, ob,
+                      static_cast<int>(dh), static_cast<int>(kv), 1.0f, scores.data(),
+                      static_cast<int>(kv), vb, static_cast<int>(ld), 0.0f, ob,
                       static_cast<int>(ld));
         }
       }
     }
   }
   return out;
+}
+
+}  // namespace
+
+Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale) {
+  return attention_blocked(q, k, v, scale, /*bias=*/nullptr, /*causal=*/false, "attention");
+}
+
+Tensor attention_ex(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
+                    const Tensor* bias, bool causal) {
+  return attention_blocked(q, k, v, scale, bias, causal, "attention_ex");
 }
 
 Tensor cat_seq(const Tensor& a, const Tensor& b) {

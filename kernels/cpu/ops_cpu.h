@@ -23,4 +23,16 @@ Tensor slice_seq(const Tensor& x, int64_t start, int64_t len);
 Tensor cat_last(const Tensor& a, const Tensor& b);
 std::vector<Tensor> split_last(const Tensor& x, const std::vector<int64_t>& widths);
 
+// Text encoders: kernels/cpu/ops_text.cc (attention_ex lives in ops_cpu.cc beside attention).
+Tensor attention_ex(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
+                    const Tensor* bias, bool causal);
+void quick_gelu_(Tensor& x);
+void mul_(Tensor& x, const Tensor& y);
+Tensor embedding(const Tensor& table, const Tensor& ids);
+
+// Image decoder: kernels/cpu/ops_image.cc.
+Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor* b, int stride, int padding);
+Tensor group_norm(const Tensor& x, int groups, const Tensor& w, const Tensor& b, float eps);
+Tensor upsample_nearest2x(const Tensor& x);
+
 }  // namespace fluxserve::cpu

@@ -7,9 +7,11 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 
 #include "engine/io/safetensors.h"
+#include "engine/pipeline/png.h"
 #include "tests/golden/golden_util.h"
 
 namespace fluxserve {
@@ -67,14 +69,26 @@ TEST(CliEval, SchedulerMatchesDiffusers) {
   for (int64_t i = 0; i < 28; ++i) EXPECT_NEAR(t.data<float>()[i], rt.data<float>()[i], 1e-3);
 }
 
-TEST(CliEval, RunOnTheEmbeddedDefault) {
-  const std::string out = tmp("cli_run.safetensors");
-  const Result r = run_cli("run --width 64 --height 48 --steps 2 --output " + out);
+TEST(CliEval, GenerateOnTheEmbeddedDefault) {
+  const std::string out = tmp("cli_generate.png");
+  const Result r = run_cli("generate --width 72 --height 48 --steps 2 --seed 3 --prompt 'a fox' "
+                           "--output " + out);
   ASSERT_EQ(r.code, 0) << r.output;
-  EXPECT_NE(r.output.find("step 2/2"), std::string::npos) << r.output;
-  auto f = SafetensorsFile::open(out);
-  ASSERT_TRUE(f.ok()) << f.status();
-  EXPECT_EQ((*f)->get("latents")->shape(), (Shape{1, 16, 6, 8}));
+  EXPECT_NE(r.output.find("2/2 steps"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("resized to 64x48"), std::string::npos) << r.output;
+  std::ifstream f(out, std::ios::binary);
+  std::stringstream bytes;
+  bytes << f.rdbuf();
+  PngText text;
+  auto img = decode_png(bytes.str(), &text);
+  ASSERT_TRUE(img.ok()) << img.status();
+  EXPECT_EQ(img->width, 64);
+  EXPECT_EQ(img->height, 48);
+  std::map<std::string, std::string> kv(text.begin(), text.end());
+  EXPECT_EQ(kv["prompt"], "a fox");
+  EXPECT_EQ(kv["seed"], "3");
+  EXPECT_EQ(kv["steps"], "2");
+  EXPECT_EQ(kv["size"], "64x48");
 }
 
 void expect_failure(const std::string& args, const std::string& needle) {
@@ -94,6 +108,9 @@ TEST(CliEval, BadInvocationsFailClearly) {
                  "--steps must be an integer");
   expect_failure("eval scheduler --model " + model + " --steps 0 --image-seq-len 1 --outputs b",
                  "num_inference_steps");
+  expect_failure("generate --steps 0", "num_inference_steps");
+  expect_failure("generate --guidance nan", "guidance_scale");
+  expect_failure("generate --model " + model, "tokenizer");
   // Inputs of the wrong model: the schnell inputs lack guidance and have other widths.
   expect_failure("eval transformer --model " + model + " --inputs " +
                      fixture("flux_schnell_tiny/inputs.safetensors") + " --outputs " +

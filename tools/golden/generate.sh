@@ -48,4 +48,10 @@ if bad:
 PY
 
 mkdir -p "$fixtures"
-exec "$py" "$here/generate.py" --out "$fixtures" "$@"
+# generate.py: transformer + scheduler fixtures; generate_<part>.py: one per component family.
+"$py" "$here/generate.py" --out "$fixtures" "$@"
+for part in "$here"/generate_*.py; do
+    [[ -e "$part" ]] || continue
+    echo "generate.sh: $(basename "$part")" >&2
+    "$py" "$part" --out "$fixtures"
+done
