@@ -148,7 +148,7 @@ absl::StatusOr<std::unique_ptr<ClipTokenizer>> ClipTokenizer::load(const std::st
   if (!fs::exists(vocab_path, ec) && fs::exists(tokenizer_json, ec)) {
     FLUX_ASSIGN_OR_RETURN(nlohmann::json tj, read_json_file(tokenizer_json));
     const nlohmann::json* model = tj.is_object() && tj.contains("model") ? &tj["model"] : nullptr;
-    if (model == nullptr || !model->is_object() || model->value("type", "") != "BPE" ||
+    if (model == nullptr || !model->is_object() || !model->contains("type") || (*model)["type"] != "BPE" ||
         !model->contains("vocab") || !model->contains("merges") || !(*model)["merges"].is_array())
       return absl::InvalidArgumentError(
           absl::StrCat(tokenizer_json, ": expected a BPE model with vocab and merges"));
