@@ -51,11 +51,7 @@ int64_t clip_pooled_position(const int64_t* ids, int64_t len, int64_t eos_token_
 }
 
 absl::StatusOr<std::unique_ptr<CLIPTextModel>> CLIPTextModel::load(const std::string& dir) {
-  const std::string config_path = dir + "/config.json";
-  FLUX_ASSIGN_OR_RETURN(nlohmann::json j, read_json_file(config_path));
-  FLUX_ASSIGN_OR_RETURN(CLIPTextConfig config, CLIPTextConfig::from_json(j, config_path));
-  FLUX_ASSIGN_OR_RETURN(WeightStore store, WeightStore::open_dir(dir));
-  return from_store(config, store);
+  return load_component<CLIPTextModel, CLIPTextConfig>(dir);
 }
 
 absl::StatusOr<std::unique_ptr<CLIPTextModel>> CLIPTextModel::from_store(

@@ -160,12 +160,7 @@ void flux_rope_tables(const Tensor& ids, const std::vector<int64_t>& axes_dims, 
 
 absl::StatusOr<std::unique_ptr<FluxTransformer2DModel>> FluxTransformer2DModel::load(
     const std::string& dir) {
-  const std::string config_path = dir + "/config.json";
-  FLUX_ASSIGN_OR_RETURN(nlohmann::json j, read_json_file(config_path));
-  FLUX_ASSIGN_OR_RETURN(FluxTransformerConfig config,
-                        FluxTransformerConfig::from_json(j, config_path));
-  FLUX_ASSIGN_OR_RETURN(WeightStore store, WeightStore::open_dir(dir));
-  return from_store(config, store);
+  return load_component<FluxTransformer2DModel, FluxTransformerConfig>(dir);
 }
 
 absl::StatusOr<std::unique_ptr<FluxTransformer2DModel>> FluxTransformer2DModel::from_store(

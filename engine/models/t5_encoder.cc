@@ -63,11 +63,7 @@ Tensor t5_position_bias(const Tensor& table, int64_t len, int64_t max_distance) 
 }
 
 absl::StatusOr<std::unique_ptr<T5EncoderModel>> T5EncoderModel::load(const std::string& dir) {
-  const std::string config_path = dir + "/config.json";
-  FLUX_ASSIGN_OR_RETURN(nlohmann::json j, read_json_file(config_path));
-  FLUX_ASSIGN_OR_RETURN(T5Config config, T5Config::from_json(j, config_path));
-  FLUX_ASSIGN_OR_RETURN(WeightStore store, WeightStore::open_dir(dir));
-  return from_store(config, store);
+  return load_component<T5EncoderModel, T5Config>(dir);
 }
 
 absl::StatusOr<std::unique_ptr<T5EncoderModel>> T5EncoderModel::from_store(

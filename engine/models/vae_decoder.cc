@@ -223,11 +223,7 @@ Tensor VaeAttention::operator()(const Tensor& x) const {
 // ---- model ---------------------------------------------------------------------------------
 
 absl::StatusOr<std::unique_ptr<AutoencoderKL>> AutoencoderKL::load(const std::string& dir) {
-  const std::string config_path = dir + "/config.json";
-  FLUX_ASSIGN_OR_RETURN(nlohmann::json j, read_json_file(config_path));
-  FLUX_ASSIGN_OR_RETURN(AutoencoderKLConfig config, AutoencoderKLConfig::from_json(j, config_path));
-  FLUX_ASSIGN_OR_RETURN(WeightStore store, WeightStore::open_dir(dir));
-  return from_store(config, store);
+  return load_component<AutoencoderKL, AutoencoderKLConfig>(dir);
 }
 
 absl::StatusOr<std::unique_ptr<AutoencoderKL>> AutoencoderKL::from_store(

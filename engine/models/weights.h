@@ -5,6 +5,7 @@
 // weights) are converted to f32 at load.
 #pragma once
 
+#include <memory>
 #include <set>
 #include <string>
 #include <vector>
@@ -29,6 +30,20 @@ struct Linear {
 // computes them all (q, k, v and the single blocks' MLP input). A copy, in the parts' common
 // dtype (f32 when they differ). Biases must be all present or all absent.
 Linear stack_linears(const std::vector<const Linear*>& parts);
+
+// Model::load(dir) for every component: <dir>/config.json parsed by Config::from_json(json, path),
+// the weights found by WeightStore::open_dir, then Model::from_store(config, store).
+template <class Model, class Config>
+absl::StatusOr<std::unique_ptr<Model>> load_component(const std::string& dir) {
+  const std::string config_path = dir + "/config.json";
+  absl::StatusOr<nlohmann::json> j = read_json_file(config_path);
+  if (!j.ok()) return j.status();
+  absl::StatusOr<Config> config = Config::from_json(*j, config_path);
+  if (!config.ok()) return config.status();
+  absl::StatusOr<WeightStore> store = WeightStore::open_dir(dir);
+  if (!store.ok()) return store.status();
+  return Model::from_store(*config, *store);
+}
 
 class WeightLoader {
  public:

@@ -8,27 +8,15 @@
 #include "engine/pipeline/latents.h"
 #include "kernels/cpu/vec_math.h"
 #include "kernels/ops.h"
+#include "tests/unit/test_util.h"
 
 namespace fluxserve {
 namespace {
 
-Tensor randn(Shape shape, uint32_t seed, float scale = 1.0f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> nd(0.f, scale);
-  Tensor t = Tensor::empty(std::move(shape));
-  for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = nd(rng);
-  return t;
-}
+using testing::randn;
+using testing::rel_l2;
 
-double max_rel(const Tensor& a, const std::vector<double>& ref) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    const double d = a.data<float>()[i] - ref[i];
-    num += d * d;
-    den += ref[i] * ref[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-300));
-}
+
 
 TEST(OpsCpu, LinearOddShapesAndWeightDtypes) {
   for (auto [m, k, n] : {std::tuple{1, 1, 1}, {7, 13, 5}, {33, 64, 17}, {130, 96, 200}}) {
@@ -40,7 +28,7 @@ TEST(OpsCpu, LinearOddShapesAndWeightDtypes) {
         for (int p = 0; p < k; ++p) s += double(x.data<float>()[i * k + p]) * w.data<float>()[j * k + p];
         ref[i * n + j] = s;
       }
-    EXPECT_LT(max_rel(ops::linear(x, w, &b), ref), 1e-6) << m << "x" << k << "x" << n;
+    EXPECT_LT(rel_l2(ops::linear(x, w, &b), ref), 1e-6) << m << "x" << k << "x" << n;
     // bf16 weights: equal to f32 compute on the bf16-rounded weights.
     const Tensor wb = *w.to(DType::kBF16);
     const Tensor wr = *wb.as_f32();
@@ -75,7 +63,7 @@ TEST(OpsCpu, AttentionMatchesNaiveSoftmax) {
             ref[((bb * s + i) * h + hh) * d + dd] = o;
           }
         }
-    EXPECT_LT(max_rel(ops::attention(q, k, v, scale), ref), 1e-5) << s;
+    EXPECT_LT(rel_l2(ops::attention(q, k, v, scale), ref), 1e-5) << s;
   }
 }
 
@@ -95,7 +83,7 @@ TEST(OpsCpu, NormsAndModulation) {
       ref[r * d + j] = (row[j] - mu) / std::sqrt(var + 1e-6) * (1 + scale.data<float>()[bb * d + j]) +
                        shift.data<float>()[bb * d + j];
   }
-  EXPECT_LT(max_rel(ops::layer_norm_modulate(x, shift, scale, 1e-6f), ref), 1e-6);
+  EXPECT_LT(rel_l2(ops::layer_norm_modulate(x, shift, scale, 1e-6f), ref), 1e-6);
 
   Tensor y = x.clone();
   const Tensor w = randn({d}, 10);
@@ -107,14 +95,14 @@ TEST(OpsCpu, NormsAndModulation) {
     ms /= d;
     for (int64_t j = 0; j < d; ++j) ref[r * d + j] = row[j] / std::sqrt(ms + 1e-6) * w.data<float>()[j];
   }
-  EXPECT_LT(max_rel(y, ref), 1e-6);
+  EXPECT_LT(rel_l2(y, ref), 1e-6);
 
   Tensor g = x.clone();
   const Tensor gate = randn({b, d}, 11), other = randn({b, s, d}, 12);
   ops::gated_add_(g, gate, other);
   for (int64_t i = 0; i < b * s * d; ++i)
     ref[i] = double(x.data<float>()[i]) + double(gate.data<float>()[(i / (s * d)) * d + i % d]) * other.data<float>()[i];
-  EXPECT_LT(max_rel(g, ref), 1e-7);
+  EXPECT_LT(rel_l2(g, ref), 1e-7);
 }
 
 TEST(OpsCpu, Activations) {

@@ -7,28 +7,15 @@
 #include <tuple>
 
 #include "kernels/ops.h"
+#include "tests/unit/test_util.h"
 
 namespace fluxserve {
 namespace {
 
-Tensor randn(Shape shape, uint32_t seed, float scale = 1.0f, float mean = 0.0f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> nd(mean, scale);
-  Tensor t = Tensor::empty(std::move(shape));
-  for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = nd(rng);
-  return t;
-}
+using testing::randn;
+using testing::rel_l2;
 
-double rel_l2(const Tensor& a, const std::vector<double>& ref) {
-  EXPECT_EQ(a.numel(), static_cast<int64_t>(ref.size()));
-  double num = 0, den = 0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    const double d = a.data<float>()[i] - ref[i];
-    num += d * d;
-    den += ref[i] * ref[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-300));
-}
+
 
 std::vector<double> conv_ref(const Tensor& x, const Tensor& w, const Tensor* b, int s, int p) {
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);

@@ -8,27 +8,15 @@
 #include <vector>
 
 #include "kernels/ops.h"
+#include "tests/unit/test_util.h"
 
 namespace fluxserve {
 namespace {
 
-Tensor randn(Shape shape, uint32_t seed, float scale = 1.0f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> nd(0.f, scale);
-  Tensor t = Tensor::empty(std::move(shape));
-  for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = nd(rng);
-  return t;
-}
+using testing::randn;
+using testing::rel_l2;
 
-double rel_l2(const Tensor& a, const std::vector<double>& ref) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    const double d = a.data<float>()[i] - ref[i];
-    num += d * d;
-    den += ref[i] * ref[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-300));
-}
+
 
 // softmax(scale * q k^T + bias [+ causal]) v in double; q, k, v: [B, S, H, D].
 std::vector<double> naive_attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
