@@ -24,7 +24,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import shutil
 import sys
 from pathlib import Path
@@ -34,10 +33,13 @@ import torch
 
 import diffusers
 import safetensors
-import transformers
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
 from safetensors.torch import load_file, save_file
+
+import sys  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import versions, write_json  # noqa: E402
 
 # --------------------------------------------------------------------------------------------
 # Scheduler configurations
@@ -156,22 +158,6 @@ TRANSFORMER_CASES = [
 ]
 
 
-def versions() -> dict:
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "transformers": transformers.__version__,
-        "numpy": np.__version__,
-        "safetensors": safetensors.__version__,
-    }
-
-
-def write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=False)
-        f.write("\n")
 
 
 def rms(t: torch.Tensor) -> float:

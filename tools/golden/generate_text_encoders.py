@@ -21,20 +21,21 @@ Deterministic: each case seeds its own torch.Generator; CPU, one thread.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import platform
 import shutil
 from pathlib import Path
 
-import numpy as np
 import safetensors
 import torch
 import transformers
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 from transformers.models.t5.modeling_t5 import T5Attention
+
+import sys  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import versions, write_json  # noqa: E402
 
 # --------------------------------------------------------------------------------------------
 # Cases
@@ -84,21 +85,6 @@ BUCKET_SETTINGS = [(32, 128), (64, 256), (8, 20)]
 BUCKET_RANGE = 1000
 
 
-def versions() -> dict:
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "numpy": np.__version__,
-        "safetensors": safetensors.__version__,
-    }
-
-
-def write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
 
 
 @torch.no_grad()

@@ -21,7 +21,6 @@ bf16 weights and computes the reference in float32 from those rounded weights.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import shutil
 from pathlib import Path
@@ -33,6 +32,10 @@ import diffusers
 from diffusers import AutoencoderKL
 from diffusers.image_processor import VaeImageProcessor
 from safetensors.torch import save_file
+
+import sys  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_json  # noqa: E402
 
 CASES = [
     dict(
@@ -89,12 +92,6 @@ CASES = [
     ),
 ]
 
-
-def write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
 
 
 @torch.no_grad()
