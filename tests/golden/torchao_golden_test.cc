@@ -105,7 +105,8 @@ TEST(TorchaoGolden, Float32WeightsCodesScalesDequantAndLinear) { check_case("w_f
 TEST(TorchaoGolden, Bfloat16WeightsCodesScalesAndDequant) { check_case("w_bf16"); }
 
 TEST(TorchaoGolden, GroupSizeNotDividingKIsAnError) {
-  for (const auto& e : meta()["errors"]) {
+  const nlohmann::json m = meta();  // a range-for over meta()["errors"] would dangle
+  for (const auto& e : m["errors"]) {
     auto spec = torchao::parse_quant_type(e["quant_type"].get<std::string>(), e["group_size"].get<int64_t>());
     ASSERT_TRUE(spec.ok()) << spec.status();
     Tensor w = Tensor::zeros({e["n"].get<int64_t>(), e["k"].get<int64_t>()});
