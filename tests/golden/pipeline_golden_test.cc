@@ -121,6 +121,12 @@ TEST(PipelineGolden, RejectsBadRequests) {
   r.max_sequence_length = 513;
   expect_bad(r, "max_sequence_length");
   r = base;
+  r.width = r.height = 16384;
+  auto huge = (*pipe)->generate(r);
+  ASSERT_FALSE(huge.ok());
+  EXPECT_EQ(huge.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(huge.status().message().find("GiB"), std::string::npos) << huge.status();
+  r = base;
   r.prompt = std::string("\xff\xfe", 2);
   auto res = (*pipe)->generate(r);
   EXPECT_FALSE(res.ok());
