@@ -35,6 +35,8 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_util import cpu_model, git_rev, parse_result  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -214,28 +216,6 @@ def median_run(runs: list[dict]) -> dict:
 # fluxserve
 # --------------------------------------------------------------------------------------------
 
-RESULT_RE = re.compile(r"^RESULT\b(.*)$")
-
-
-def parse_result(text: str) -> dict:
-    """Parses the last `RESULT key=value ...` line (values as float when they parse)."""
-    found = None
-    for line in text.splitlines():
-        m = RESULT_RE.match(line.strip())
-        if m:
-            found = m.group(1)
-    if found is None:
-        raise ValueError("no `RESULT total_s=... encode_s=... denoise_s=... decode_s=...` line in fluxserve's output")
-    out = {}
-    for tok in found.split():
-        k, _, v = tok.partition("=")
-        try:
-            out[k] = float(v)
-        except ValueError:
-            out[k] = v
-    if "total_s" not in out:
-        raise ValueError(f"RESULT line without total_s: {found.strip()!r}")
-    return out
 
 
 def fluxserve_cmd(args, root: Path, steps: int, output: Path) -> list[str]:
@@ -257,7 +237,7 @@ def run_fluxserve_once(cmd: list[str], verbose: bool) -> dict:
             print("  | " + line)
     if proc.returncode != 0:
         raise RuntimeError(f"fluxserve exited with status {proc.returncode}")
-    return parse_result(proc.stdout)
+    return parse_result(proc.stdout, "total_s")
 
 
 def run_fluxserve(args, root: Path, work: Path) -> tuple[dict, Image.Image]:
@@ -291,34 +271,11 @@ def compare_images(a: Image.Image, b: Image.Image) -> dict:
                 max_diff=int(d.max()), mean_diff=float(d.mean()), shape=x.shape)
 
 
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def loadavg() -> str:
     try:
         return " ".join(open("/proc/loadavg").read().split()[:3])
     except OSError:
         return "?"
-
-
-def git_rev() -> str:
-    def git(*a):
-        return subprocess.run(["git", "-C", str(REPO), *a], capture_output=True, text=True)
-
-    r = git("rev-parse", "--short", "HEAD")
-    if r.returncode != 0:
-        return "uncommitted"
-    rev = r.stdout.strip()
-    if git("status", "--porcelain", "--untracked-files=no").stdout.strip():
-        rev += "-dirty"
-    return rev
 
 
 def int_list(s: str) -> list[int]:

@@ -33,6 +33,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_util import cpu_model, git_rev, parse_result  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -250,30 +252,6 @@ def bench_torch(root: Path, cfg: dict, args, expect_linear_flops: int) -> dict:
     return dict(step_ms=statistics.median(times), times_ms=times)
 
 
-RESULT_RE = re.compile(r"^RESULT\b(.*)$")
-
-
-def parse_result(text: str) -> dict:
-    """Parses the last `RESULT key=value ...` line (values as float when they parse)."""
-    found = None
-    for line in text.splitlines():
-        m = RESULT_RE.match(line.strip())
-        if m:
-            found = m.group(1)
-    if found is None:
-        raise ValueError("no `RESULT step_ms=... gflops=...` line in fluxserve's output")
-    out = {}
-    for tok in found.split():
-        if "=" not in tok:
-            raise ValueError(f"bad RESULT token {tok!r}")
-        k, v = tok.split("=", 1)
-        try:
-            out[k] = float(v)
-        except ValueError:
-            out[k] = v
-    if "step_ms" not in out:
-        raise ValueError(f"RESULT line without step_ms: {found.strip()!r}")
-    return out
 
 
 def fluxserve_cmd(args, root: Path) -> list[str]:
@@ -296,35 +274,12 @@ def bench_fluxserve(args, root: Path) -> dict:
         print("  | " + line)
     if proc.returncode != 0:
         raise RuntimeError(f"fluxserve exited with status {proc.returncode}")
-    return parse_result(proc.stdout)
+    return parse_result(proc.stdout, "step_ms")
 
 
 # --------------------------------------------------------------------------------------------
 # Reporting
 # --------------------------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def git_rev() -> str:
-    def git(*a):
-        return subprocess.run(["git", "-C", str(REPO), *a], capture_output=True, text=True)
-
-    r = git("rev-parse", "--short", "HEAD")
-    if r.returncode != 0:
-        return "uncommitted"
-    rev = r.stdout.strip()
-    if git("status", "--porcelain", "--untracked-files=no").stdout.strip():
-        rev += "-dirty"
-    return rev
 
 
 def main() -> int:
