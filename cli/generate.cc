@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
+#include <optional>
 #include <random>
 
 #include "absl/strings/str_cat.h"
@@ -11,6 +12,7 @@
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "engine/core/status.h"
+#include "engine/io/checkpoint.h"
 #include "engine/io/safetensors.h"
 #include "engine/pipeline/flux_pipeline.h"
 
@@ -25,12 +27,15 @@ constexpr const char* kGenerateUsage = R"(usage: fluxserve generate [--model DIR
     [--prompt-2 TEXT] [--negative-prompt TEXT [--negative-prompt-2 TEXT] --true-cfg S]
     [--width W] [--height H] [--steps N] [--guidance G] [--seed S] [--max-sequence-length L]
     [--num-images N] [--output out.png] [--output-latents latents.safetensors] [--threads N]
+    [--quant-config spec.json]
 Generates images with a diffusers FluxPipeline folder (default: the embedded tiny model) and
 writes PNGs carrying the generation parameters in iTXt chunks. Sizes that are not multiples of 16
 are floored to one (with a warning). Without --seed a random seed is drawn and printed; the same
 seed reproduces the image, and diffusers' image for generator=torch.Generator("cpu").manual_seed(S).
 Defaults: 1024x1024 (256x256 for the embedded model), 28 steps, guidance 3.5, max sequence 512,
 output out/fluxserve.png. With --num-images N > 1 the files are named out-1.png ... out-N.png.
+--quant-config takes diffusers' PipelineQuantizationConfig as JSON (README: Quantization); the
+transformer is quantized on load.
 )";
 
 void progress_bar(const GenerateProgress& p) {
@@ -83,7 +88,14 @@ absl::Status generate(const Args& a) {
   const int nthreads = set_threads(threads);
 
   const auto t0 = std::chrono::steady_clock::now();
-  FLUX_ASSIGN_OR_RETURN(auto pipe, FluxPipeline::load(model));
+  std::optional<PipelineQuantConfig> quant;
+  if (a.has("quant-config")) {
+    const std::string path = *a.str("quant-config");
+    FLUX_ASSIGN_OR_RETURN(nlohmann::json j, read_json_file(path));
+    FLUX_ASSIGN_OR_RETURN(quant, PipelineQuantConfig::from_json(j, path));
+    for (const std::string& w : quant->warnings()) std::cerr << "warning: " << w << "\n";
+  }
+  FLUX_ASSIGN_OR_RETURN(auto pipe, FluxPipeline::load(model, quant ? &*quant : nullptr));
   const double load_s =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::fprintf(stderr, "fluxserve generate: %s (loaded in %.2f s, %d threads)\n  seed %llu\n",
@@ -103,7 +115,7 @@ absl::Status generate(const Args& a) {
                   {"guidance_scale", absl::StrCat(r.guidance_scale)},
                   {"size", absl::StrCat(res.width, "x", res.height)},
                   {"model", model},
-                  {"quantization", "none"}};
+                  {"quantization", pipe->quantization()}};
   if (r.prompt_2) text.emplace_back("prompt_2", *r.prompt_2);
   if (r.negative_prompt) {
     text.emplace_back("negative_prompt", *r.negative_prompt);
@@ -151,7 +163,7 @@ int generate_main(const std::vector<std::string>& args) {
   auto a = Args::parse(args, {"model", "prompt", "prompt-2", "negative-prompt",
                               "negative-prompt-2", "true-cfg", "width", "height", "steps",
                               "guidance", "seed", "max-sequence-length", "num-images", "output",
-                              "output-latents", "threads"});
+                              "output-latents", "threads", "quant-config"});
   absl::Status st = a.ok() ? generate(*a) : a.status();
   if (!st.ok()) {
     std::cerr << "fluxserve generate: " << st.message() << "\n";

@@ -318,6 +318,71 @@ absl::StatusOr<Tensor> FluxTransformer2DModel::forward(const FluxTransformerInpu
   return proj_out(ops::layer_norm_modulate(x, so[1], so[0], kNormEps));
 }
 
+template <class F>
+void FluxTransformer2DModel::for_each_linear(F&& f) {
+  using Names = std::vector<std::string>;
+  f(x_embedder, Names{"x_embedder"});
+  f(context_embedder, Names{"context_embedder"});
+  for (auto [emb, name] : {std::pair{&timestep_embedder, "timestep_embedder"},
+                           std::pair{&text_embedder, "text_embedder"}}) {
+    f(emb->linear_1, Names{absl::StrCat("time_text_embed.", name, ".linear_1")});
+    f(emb->linear_2, Names{absl::StrCat("time_text_embed.", name, ".linear_2")});
+  }
+  if (guidance_embedder) {
+    f(guidance_embedder->linear_1, Names{"time_text_embed.guidance_embedder.linear_1"});
+    f(guidance_embedder->linear_2, Names{"time_text_embed.guidance_embedder.linear_2"});
+  }
+  for (size_t i = 0; i < transformer_blocks.size(); ++i) {
+    FluxTransformerBlock& b = transformer_blocks[i];
+    const std::string p = absl::StrCat("transformer_blocks.", i, ".");
+    f(b.norm1_linear, Names{p + "norm1.linear"});
+    f(b.norm1_context_linear, Names{p + "norm1_context.linear"});
+    f(b.attn.to_qkv, Names{p + "attn.to_q", p + "attn.to_k", p + "attn.to_v"});
+    f(b.attn.add_qkv_proj, Names{p + "attn.add_q_proj", p + "attn.add_k_proj", p + "attn.add_v_proj"});
+    f(b.attn.to_out_0, Names{p + "attn.to_out.0"});
+    f(b.attn.to_add_out, Names{p + "attn.to_add_out"});
+    f(b.ff.net_0_proj, Names{p + "ff.net.0.proj"});
+    f(b.ff.net_2, Names{p + "ff.net.2"});
+    f(b.ff_context.net_0_proj, Names{p + "ff_context.net.0.proj"});
+    f(b.ff_context.net_2, Names{p + "ff_context.net.2"});
+  }
+  for (size_t i = 0; i < single_transformer_blocks.size(); ++i) {
+    FluxSingleTransformerBlock& b = single_transformer_blocks[i];
+    const std::string p = absl::StrCat("single_transformer_blocks.", i, ".");
+    f(b.norm_linear, Names{p + "norm.linear"});
+    f(b.attn.to_qkv, Names{p + "attn.to_q", p + "attn.to_k", p + "attn.to_v", p + "proj_mlp"});
+    f(b.proj_out, Names{p + "proj_out"});
+  }
+  f(norm_out_linear, Names{"norm_out.linear"});
+  f(proj_out, Names{"proj_out"});
+}
+
+absl::StatusOr<int> FluxTransformer2DModel::quantize(const ComponentQuantConfig& cfg) {
+  int count = 0;
+  absl::Status status;
+  for_each_linear([&](Linear& l, const std::vector<std::string>& names) {
+    if (!status.ok()) return;
+    for (const std::string& n : names) {
+      if (quant_skips_module(cfg, n)) return;
+    }
+    absl::StatusOr<bool> q = l.quantize(cfg, names.front());
+    if (!q.ok()) {
+      status = q.status();
+    } else {
+      count += *q;
+    }
+  });
+  if (!status.ok()) return status;
+  return count;
+}
+
+int64_t FluxTransformer2DModel::weight_bytes() const {
+  int64_t total = 0;
+  const_cast<FluxTransformer2DModel*>(this)->for_each_linear(
+      [&](Linear& l, const std::vector<std::string>&) { total += l.nbytes(); });
+  return total;
+}
+
 double FluxTransformer2DModel::flops(int64_t li, int64_t lt) const {
   const double d = static_cast<double>(config_.inner_dim()), s = static_cast<double>(li + lt);
   const double img = static_cast<double>(li), txt = static_cast<double>(lt);

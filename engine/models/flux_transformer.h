@@ -71,6 +71,15 @@ class FluxTransformer2DModel {
   absl::StatusOr<Tensor> forward(const FluxTransformerInputs& in) const;
 
   const FluxTransformerConfig& config() const { return config_; }
+
+  // Quantize-on-load: every Linear (diffusers quantizes nn.Linear layers only) not exempted by
+  // the config's skip list. Stacked projections are quantized as one weight, under the name of
+  // their first part (e.g. `transformer_blocks.0.attn.to_q`); a skip entry naming any part keeps
+  // the whole stack unquantized. Returns the number of layers quantized.
+  absl::StatusOr<int> quantize(const ComponentQuantConfig& cfg);
+  // Bytes held by the Linear layers' weights and biases (quantized forms where quantized).
+  int64_t weight_bytes() const;
+
   // Multiply-adds of one forward pass for a batch of 1, for GFLOP/s reporting.
   double flops(int64_t image_tokens, int64_t text_tokens) const;
   // Keys in the checkpoint the model did not use (diffusers warns about these).
@@ -85,6 +94,10 @@ class FluxTransformer2DModel {
   std::vector<FluxSingleTransformerBlock> single_transformer_blocks;
   Linear norm_out_linear, proj_out;
   std::vector<std::string> unused_keys_;
+
+  // Every Linear with its diffusers module name(s); stacked layers list all their parts.
+  template <class F>
+  void for_each_linear(F&& f);
 };
 
 // Pieces of the forward pass exposed for tests.

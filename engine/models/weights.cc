@@ -10,7 +10,25 @@
 namespace fluxserve {
 
 Tensor Linear::operator()(const Tensor& x) const {
+  if (quantized) {
+    absl::StatusOr<Tensor> y = quantized->forward(x, has_bias ? &bias : nullptr);
+    FLUX_CHECK(y.ok()) << y.status();  // shapes were validated when the model was loaded
+    return *std::move(y);
+  }
   return ops::linear(x, weight, has_bias ? &bias : nullptr);
+}
+
+absl::StatusOr<bool> Linear::quantize(const ComponentQuantConfig& cfg, const std::string& module) {
+  if (quantized || quant_skips_module(cfg, module)) return false;
+  FLUX_ASSIGN_OR_RETURN(quantized, quantize_linear_weight(weight, cfg, module));
+  if (!quantized) return false;
+  weight = Tensor();  // the quantized form replaces it (a stacked copy is freed here)
+  return true;
+}
+
+int64_t Linear::nbytes() const {
+  const int64_t b = has_bias ? static_cast<int64_t>(bias.nbytes()) : 0;
+  return b + (quantized ? quantized->nbytes() : static_cast<int64_t>(weight.nbytes()));
 }
 
 Linear stack_linears(const std::vector<const Linear*>& parts) {

@@ -13,15 +13,22 @@
 #include "absl/status/statusor.h"
 #include "engine/core/tensor.h"
 #include "engine/io/checkpoint.h"
+#include "engine/quant/quantized_linear.h"
 
 namespace fluxserve {
 
 struct Linear {
-  Tensor weight;  // [out, in], stored dtype
+  Tensor weight;  // [out, in], stored dtype; released once the layer is quantized
   Tensor bias;    // [out] f32, or undefined
   bool has_bias = false;
+  std::shared_ptr<const QuantizedLinearWeight> quantized;  // set by quantize()
   // x: [..., in] -> [..., out]
   Tensor operator()(const Tensor& x) const;
+  // Replaces the weight by its quantized form as `cfg` says, unless `module` (the diffusers
+  // module name, for error messages and skip lists) is exempt. Returns whether it was quantized.
+  absl::StatusOr<bool> quantize(const ComponentQuantConfig& cfg, const std::string& module);
+  // Bytes held by the weight (quantized form when quantized) and the bias.
+  int64_t nbytes() const;
   int64_t out_features() const { return weight.size(0); }
   int64_t in_features() const { return weight.size(1); }
 };

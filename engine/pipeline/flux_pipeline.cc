@@ -106,7 +106,10 @@ FluxPipeline::~FluxPipeline() = default;
 
 bool FluxPipeline::has_guidance_embeds() const { return c_->transformer->config().guidance_embeds; }
 
-absl::StatusOr<std::unique_ptr<FluxPipeline>> FluxPipeline::load(const std::string& dir) {
+int64_t FluxPipeline::transformer_linear_bytes() const { return c_->transformer->weight_bytes(); }
+
+absl::StatusOr<std::unique_ptr<FluxPipeline>> FluxPipeline::load(const std::string& dir,
+                                                                const PipelineQuantConfig* quant) {
   auto p = std::unique_ptr<FluxPipeline>(new FluxPipeline());
   p->dir_ = dir;
   p->c_ = std::make_unique<Components>();
@@ -165,6 +168,26 @@ absl::StatusOr<std::unique_ptr<FluxPipeline>> FluxPipeline::load(const std::stri
   if (c.tokenizer_2->vocab_size() > c.text_encoder_2->config().vocab_size) {
     return mismatch("tokenizer_2 vocabulary", c.tokenizer_2->vocab_size(),
                     "text_encoder_2 vocab_size", c.text_encoder_2->config().vocab_size);
+  }
+
+  if (quant != nullptr) {
+    std::vector<std::string> applied;
+    for (const char* name : {"text_encoder", "text_encoder_2", "vae"}) {
+      if (quant->resolve(name).has_value()) {
+        return absl::UnimplementedError(absl::StrCat(
+            "quantization of ", name, " is not implemented yet; only the transformer can be "
+            "quantized: set \"components_to_quantize\": [\"transformer\"] or use quant_mapping"));
+      }
+    }
+    if (std::optional<ComponentQuantConfig> tq = quant->resolve("transformer")) {
+      absl::StatusOr<int> n = c.transformer->quantize(*tq);
+      if (!n.ok()) {
+        return absl::Status(n.status().code(),
+                            absl::StrCat(tr_dir, ": quantizing: ", n.status().message()));
+      }
+      p->quantization_ = absl::StrCat("transformer: ", tq->to_json().dump(), " (", *n,
+                                      " linear layers)");
+    }
   }
   return p;
 }

@@ -14,6 +14,7 @@
 #include "absl/status/statusor.h"
 #include "engine/core/tensor.h"
 #include "engine/pipeline/png.h"
+#include "engine/quant/quant_config.h"
 
 namespace fluxserve {
 
@@ -50,7 +51,11 @@ class FluxPipeline {
   // Loads every component of a diffusers FluxPipeline folder and checks that they fit together
   // (T5 d_model = joint_attention_dim, CLIP hidden = pooled_projection_dim, VAE latent channels
   // x 4 = in_channels, tokenizer vocabularies within the encoders' embedding tables).
-  static absl::StatusOr<std::unique_ptr<FluxPipeline>> load(const std::string& dir);
+  // `quant`, when given, is applied per component as diffusers' PipelineQuantizationConfig
+  // resolves it (quantize-on-load). Only the transformer can be quantized so far; a config that
+  // resolves to another component is Unimplemented, naming it.
+  static absl::StatusOr<std::unique_ptr<FluxPipeline>> load(
+      const std::string& dir, const PipelineQuantConfig* quant = nullptr);
   ~FluxPipeline();
 
   // Validates `req` (InvalidArgument naming the field) and runs it. `cancel`, when set, is polled
@@ -60,6 +65,11 @@ class FluxPipeline {
                                           const std::atomic<bool>* cancel = nullptr) const;
 
   bool has_guidance_embeds() const;
+  // "none", or per quantized component its backend and layer count, e.g.
+  // "transformer: bitsandbytes_4bit nf4 (42 linear layers)".
+  const std::string& quantization() const { return quantization_; }
+  // Bytes held by the transformer's Linear layers (quantized forms where quantized).
+  int64_t transformer_linear_bytes() const;
   const std::string& dir() const { return dir_; }
 
   struct Components;  // the loaded models (opaque)
@@ -67,6 +77,7 @@ class FluxPipeline {
  private:
   FluxPipeline() = default;
   std::string dir_;
+  std::string quantization_ = "none";
   std::unique_ptr<Components> c_;
 };
 

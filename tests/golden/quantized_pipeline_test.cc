@@ -1,0 +1,142 @@
+// The tiny default pipeline with its transformer quantized on load, in every quantize-on-load
+// format: it must run, hold fewer bytes than the stored weights, and stay close to the
+// unquantized run (cosine similarity of the final latents; PSNR of the image is printed for the
+// README table). The formats themselves are proven bit-exact against bitsandbytes / torchao in
+// bnb_golden_test.cc and torchao_golden_test.cc; this proves the wiring (which layers, skips).
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "engine/pipeline/flux_pipeline.h"
+#include "tests/golden/golden_util.h"
+
+namespace fluxserve {
+namespace {
+
+using testing::fixture;
+
+std::string default_model() { return fixture("../../../models/tiny-flux"); }
+
+GenerateRequest request() {
+  GenerateRequest r;
+  r.prompt = "a photo of a red fox in the snow, 35mm film";
+  r.height = r.width = 128;
+  r.num_inference_steps = 4;
+  r.seed = 0;
+  r.max_sequence_length = 64;
+  return r;
+}
+
+double cosine(const Tensor& a, const Tensor& b) {
+  double ab = 0, aa = 0, bb = 0;
+  for (int64_t i = 0; i < a.numel(); ++i) {
+    const double x = a.data<float>()[i], y = b.data<float>()[i];
+    ab += x * y;
+    aa += x * x;
+    bb += y * y;
+  }
+  return ab / std::sqrt(aa * bb);
+}
+
+double psnr(const Image& a, const Image& b) {
+  double se = 0;
+  for (size_t i = 0; i < a.rgb.size(); ++i) {
+    const double d = static_cast<double>(a.rgb[i]) - b.rgb[i];
+    se += d * d;
+  }
+  const double mse = se / static_cast<double>(a.rgb.size());
+  return mse == 0 ? 99.0 : 10.0 * std::log10(255.0 * 255.0 / mse);
+}
+
+TEST(QuantizedPipeline, EveryFormatRunsSmallerAndClose) {
+  auto base = FluxPipeline::load(default_model());
+  ASSERT_TRUE(base.ok()) << base.status();
+  auto ref = (*base)->generate(request());
+  ASSERT_TRUE(ref.ok()) << ref.status();
+  const int64_t base_bytes = (*base)->transformer_linear_bytes();
+
+  struct Case {
+    const char* name;
+    nlohmann::json config;
+    double min_cosine;
+  };
+  auto bnb4 = [](const char* type, bool dq) {
+    return nlohmann::json{{"quant_backend", "bitsandbytes_4bit"},
+                          {"quant_kwargs",
+                           {{"load_in_4bit", true},
+                            {"bnb_4bit_quant_type", type},
+                            {"bnb_4bit_use_double_quant", dq}}},
+                          {"components_to_quantize", {"transformer"}}};
+  };
+  auto ao = [](nlohmann::json kw) {
+    kw["quant_backend"] = "torchao";
+    return nlohmann::json{{"quant_mapping", {{"transformer", kw}}}};
+  };
+  const std::vector<Case> cases = {
+      {"bnb nf4", bnb4("nf4", false), 0.95},
+      {"bnb nf4 double quant", bnb4("nf4", true), 0.95},
+      {"bnb fp4", bnb4("fp4", false), 0.95},
+      {"bnb LLM.int8",
+       {{"quant_backend", "bitsandbytes_8bit"},
+        {"quant_kwargs", {{"load_in_8bit", true}}},
+        {"components_to_quantize", {"transformer"}}},
+       0.99},
+      {"torchao int8wo", ao({{"quant_type", "int8wo"}}), 0.99},
+      {"torchao int8dq", ao({{"quant_type", "int8dq"}}), 0.99},
+      {"torchao int4wo g32", ao({{"quant_type", "int4wo"}, {"group_size", 32}}), 0.95},
+      {"torchao float8wo", ao({{"quant_type", "float8wo_e4m3"}}), 0.98},
+      {"torchao float8dq row", ao({{"quant_type", "float8dq_e4m3_row"}}), 0.98},
+  };
+  for (const Case& c : cases) {
+    auto cfg = PipelineQuantConfig::from_json(c.config, c.name);
+    ASSERT_TRUE(cfg.ok()) << c.name << ": " << cfg.status();
+    auto pipe = FluxPipeline::load(default_model(), &*cfg);
+    ASSERT_TRUE(pipe.ok()) << c.name << ": " << pipe.status();
+    EXPECT_NE((*pipe)->quantization(), "none");
+    auto res = (*pipe)->generate(request());
+    ASSERT_TRUE(res.ok()) << c.name << ": " << res.status();
+    const double cs = cosine(res->latents, ref->latents);
+    const double p = psnr(res->images[0], ref->images[0]);
+    const int64_t bytes = (*pipe)->transformer_linear_bytes();
+    std::printf("| %s | %lld | %.3f | %.5f | %.1f dB |\n", c.name, static_cast<long long>(bytes),
+                static_cast<double>(bytes) / static_cast<double>(base_bytes), cs, p);
+    EXPECT_LT(bytes, base_bytes) << c.name;
+    EXPECT_GE(cs, c.min_cosine) << c.name;
+  }
+}
+
+TEST(QuantizedPipeline, SkipListsKeepLayersUnquantized) {
+  auto base = FluxPipeline::load(default_model());
+  ASSERT_TRUE(base.ok());
+  auto all = PipelineQuantConfig::from_json(
+      {{"quant_mapping", {{"transformer", {{"quant_backend", "torchao"}, {"quant_type", "int8wo"}}}}}},
+      "spec.json");
+  auto skip = PipelineQuantConfig::from_json(
+      {{"quant_mapping",
+        {{"transformer",
+          {{"quant_backend", "torchao"},
+           {"quant_type", "int8wo"},
+           {"modules_to_not_convert", {"single_transformer_blocks", "proj_out"}}}}}}},
+      "spec.json");
+  ASSERT_TRUE(all.ok() && skip.ok()) << skip.status();
+  auto pa = FluxPipeline::load(default_model(), &*all);
+  auto ps = FluxPipeline::load(default_model(), &*skip);
+  ASSERT_TRUE(pa.ok() && ps.ok());
+  // Skipped layers keep their stored weights: more bytes than quantizing everything.
+  EXPECT_GT((*ps)->transformer_linear_bytes(), (*pa)->transformer_linear_bytes());
+  EXPECT_LT((*ps)->transformer_linear_bytes(), (*base)->transformer_linear_bytes());
+}
+
+TEST(QuantizedPipeline, UnsupportedComponentsAreNamed) {
+  auto cfg = PipelineQuantConfig::from_json(
+      {{"quant_backend", "bitsandbytes_4bit"}, {"quant_kwargs", {{"load_in_4bit", true}}}},
+      "spec.json");
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  auto pipe = FluxPipeline::load(default_model(), &*cfg);
+  ASSERT_FALSE(pipe.ok());
+  EXPECT_EQ(pipe.status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_NE(pipe.status().message().find("text_encoder"), std::string::npos) << pipe.status();
+}
+
+}  // namespace
+}  // namespace fluxserve
