@@ -75,7 +75,9 @@ class FluxTransformer2DModel {
   // Quantize-on-load: every Linear (diffusers quantizes nn.Linear layers only) not exempted by
   // the config's skip list. Stacked projections are quantized as one weight, under the name of
   // their first part (e.g. `transformer_blocks.0.attn.to_q`); a skip entry naming any part keeps
-  // the whole stack unquantized. Returns the number of layers quantized.
+  // the whole stack unquantized. Row- and group-wise formats give the same codes as quantizing
+  // the parts one by one; per-tensor float8 gets one scale for the stack where diffusers has one
+  // per part. Returns the number of layers quantized.
   absl::StatusOr<int> quantize(const ComponentQuantConfig& cfg);
   // Bytes held by the Linear layers' weights and biases (quantized forms where quantized).
   int64_t weight_bytes() const;
