@@ -219,7 +219,8 @@ struct TorchAoType {
 };
 
 // diffusers' TorchAoConfig._get_torchao_quant_type_to_method (string API, diffusers <= 0.35),
-// restricted to what torchao >= 0.15 can still build, mapped to the AOBaseConfig classes.
+// mapped to the AOBaseConfig classes. fpX[_eAmB] and uintXwo are patterns (see parse_torchao).
+// The int4dq / uintx entries carry the kwargs of torchao <= 0.14's functions of those names.
 const std::vector<TorchAoType>& torchao_types() {
   static const std::vector<TorchAoType> t = {
       {"int4wo", TorchAoKind::kInt4WeightOnly, "", "", {"group_size"}},
@@ -242,6 +243,11 @@ const std::vector<TorchAoType>& torchao_types() {
        "tensor", {}},
       {"float8dq_e4m3_row", TorchAoKind::kFloat8DynamicActivationFloat8Weight, "float8_e4m3fn",
        "row", {}},
+      {"int4dq", TorchAoKind::kInt8DynamicActivationInt4Weight, "", "", {"group_size", "act_mapping_type"}},
+      {"int8_dynamic_activation_int4_weight", TorchAoKind::kInt8DynamicActivationInt4Weight, "", "",
+       {"group_size", "act_mapping_type"}},
+      {"uintx_weight_only", TorchAoKind::kUintxWeightOnly, "", "",
+       {"dtype", "group_size", "pack_dim", "use_hqq"}},
   };
   return t;
 }
@@ -270,11 +276,11 @@ std::optional<FpxName> parse_fpx(const std::string& s) {
   return std::nullopt;
 }
 
-absl::Status removed_type(const std::string& field, const std::string& name, const char* what) {
-  return invalid(absl::StrCat(field, " '", name, "' (", what,
-                              ") is no longer available: torchao >= 0.15, which diffusers "
-                              "requires, removed it; allowed: ",
-                              torchao_type_names()));
+// "uint<X>" / "torch.uint<X>" (X = 1..7), as a dtype kwarg or inside "uint<X>wo"; 0 otherwise.
+int uintx_bits(const std::string& s) {
+  const std::string t = s.compare(0, 6, "torch.") == 0 ? s.substr(6) : s;
+  if (t.size() == 5 && t.compare(0, 4, "uint") == 0 && t[4] >= '1' && t[4] <= '7') return t[4] - '0';
+  return 0;
 }
 
 absl::Status parse_torchao(const Fields& f, const std::string& where, ComponentQuantConfig* c) {
@@ -294,6 +300,7 @@ absl::Status parse_torchao(const Fields& f, const std::string& where, ComponentQ
   for (const auto& t : torchao_types()) {
     if (name == t.name) type = &t;
   }
+  TorchAoType pattern;  // fpX[_eAmB] / uintXwo, which the table cannot list one by one
   if (type == nullptr) {
     if (auto fp = parse_fpx(name)) {
       if (fp->a >= 0 && fp->x != fp->a + fp->b + 1) {
@@ -301,30 +308,34 @@ absl::Status parse_torchao(const Fields& f, const std::string& where, ComponentQ
                                     "exponent and mantissa bits), but ", fp->x, " != ", fp->a,
                                     " + ", fp->b, " + 1"));
       }
-      if (fp->x >= 3 && fp->x <= 7 && (fp->a < 0 || fp->a >= 1)) {
-        return removed_type(qfield, name, "fpx_weight_only");
+      if (fp->x < 3 || fp->x > 7 || (fp->a >= 0 && fp->a < 1)) {
+        return invalid(absl::StrCat(qfield, " '", name, "': fpX types exist for X = 3..7 with ",
+                                    "A >= 1 (fp3 .. fp7, fp6_e3m2, ...)"));
       }
-      return invalid(absl::StrCat(qfield, " '", name, "': fpX types exist for X = 3..7 with A >= 1",
-                                  " (fp3 .. fp7, fp6_e3m2, ...)"));
+      // Old diffusers' generate_fpx_quantization_types: "fpX" alone means ebits = X / 2.
+      c->fpx_ebits = fp->a >= 0 ? fp->a : fp->x / 2;
+      c->fpx_mbits = fp->x - 1 - c->fpx_ebits;
+      pattern = {"fpX", TorchAoKind::kFpxWeightOnly, "", "", {}};
+    } else if (name.size() == 7 && name.compare(5, 2, "wo") == 0 && uintx_bits(name.substr(0, 5)) > 0) {
+      c->uintx_bits = uintx_bits(name.substr(0, 5));
+      pattern = {"uintXwo", TorchAoKind::kUintxWeightOnly, "", "", {"group_size", "pack_dim", "use_hqq"}};
+    } else if (name == "float8_static_activation_float8_weight") {
+      return invalid(absl::StrCat(qfield, " '", name, "' needs a calibrated activation scale, which ",
+                                  "a quantization config cannot carry; allowed: ",
+                                  torchao_type_names(), ", fpX[_eAmB], uint1wo..uint7wo"));
+    } else {
+      return invalid(absl::StrCat(qfield, " '", name, "' is not a known torchao quantization ",
+                                  "type; allowed: ", torchao_type_names(),
+                                  ", fpX[_eAmB] (X = 3..7), uint1wo..uint7wo"));
     }
-    if (name == "int4dq" || name == "int8_dynamic_activation_int4_weight") {
-      return removed_type(qfield, name, "int8_dynamic_activation_int4_weight");
-    }
-    if (name == "uintx_weight_only" ||
-        (name.size() == 7 && name.compare(0, 4, "uint") == 0 && name[4] >= '1' && name[4] <= '7' &&
-         name.compare(5, 2, "wo") == 0)) {
-      return removed_type(qfield, name, "uintx_weight_only");
-    }
-    if (name == "float8_static_activation_float8_weight") {
-      return removed_type(qfield, name, "float8_static_activation_float8_weight");
-    }
-    return invalid(absl::StrCat(qfield, " '", name, "' is not a known torchao quantization type; ",
-                                "allowed: ", torchao_type_names()));
+    type = &pattern;
   }
   c->torchao_kind = type->kind;
   c->weight_dtype = type->weight_dtype;
   c->granularity = type->granularity;
   if (type->kind == TorchAoKind::kInt4WeightOnly) c->group_size = 128;
+  if (type->kind == TorchAoKind::kInt8DynamicActivationInt4Weight) c->group_size = 32;
+  if (type->kind == TorchAoKind::kUintxWeightOnly) c->group_size = 64;
 
   // Everything but quant_type / modules_to_not_convert is a kwarg of the quantization method.
   FLUX_RETURN_IF_ERROR(f.read_string_list("modules_to_not_convert", &c->modules_to_not_convert));
@@ -347,12 +358,53 @@ absl::Status parse_torchao(const Fields& f, const std::string& where, ComponentQ
                                     "; allowed for int4 weight-only: 32, 64, 128, 256"));
       }
       c->group_size = g->get<int64_t>();
+    } else if (type->kind != TorchAoKind::kInt8WeightOnly) {
+      // int4dq and uintX quantize in groups; torchao has no per-row form of them.
+      if (!g->is_number_integer() || g->get<int64_t>() <= 0) {
+        return invalid(absl::StrCat(f.field("group_size"), " is ", g->dump(),
+                                    "; allowed: a positive integer"));
+      }
+      c->group_size = g->get<int64_t>();
     } else if (!g->is_null()) {
       if (!g->is_number_integer() || g->get<int64_t>() <= 0) {
         return invalid(absl::StrCat(f.field("group_size"), " is ", g->dump(),
                                     "; allowed: a positive integer or null (per row)"));
       }
       c->group_size = g->get<int64_t>();
+    }
+  }
+  if (type->kind == TorchAoKind::kUintxWeightOnly && c->uintx_bits == 0) {
+    const json* d = f.get("dtype");  // uintx_weight_only(dtype, ...): dtype is required
+    c->uintx_bits = d != nullptr && d->is_string() ? uintx_bits(d->get<std::string>()) : 0;
+    if (c->uintx_bits == 0) {
+      return invalid(absl::StrCat(f.field("dtype"), d == nullptr ? " is required" : " is " + d->dump(),
+                                  " for quant_type '", name, "'; allowed: 'uint1' .. 'uint7' ",
+                                  "(or 'torch.uint1' .. 'torch.uint7')"));
+    }
+  }
+  if (const json* a = f.get("act_mapping_type"); a != nullptr) {
+    std::string v = a->is_string() ? a->get<std::string>() : "";
+    std::transform(v.begin(), v.end(), v.begin(), [](unsigned char ch) { return std::tolower(ch); });
+    if (v.compare(0, 12, "mappingtype.") == 0) v = v.substr(12);
+    if (v != "asymmetric" && v != "symmetric") {
+      return invalid(absl::StrCat(f.field("act_mapping_type"), " is ", a->dump(),
+                                  "; allowed: 'asymmetric' (uint8 activations, the default), ",
+                                  "'symmetric' (int8)"));
+    }
+    c->act_symmetric = v == "symmetric";
+  }
+  if (const json* p = f.get("pack_dim"); p != nullptr) {
+    // Only the packed layout depends on it; fluxserve keeps uintX codes unpacked.
+    if (!p->is_number_integer() || p->get<int64_t>() < -2 || p->get<int64_t>() > 1) {
+      return invalid(absl::StrCat(f.field("pack_dim"), " is ", p->dump(),
+                                  "; allowed: -2, -1, 0, 1 (a dimension of the 2-D weight)"));
+    }
+  }
+  if (const json* h = f.get("use_hqq"); h != nullptr) {
+    if (!h->is_boolean()) return f.type_error("use_hqq", "a boolean");
+    if (h->get<bool>()) {
+      return invalid(absl::StrCat(f.field("use_hqq"), " is true; HQQ's optimized uintX ",
+                                  "parameters are not implemented (use_hqq=false is)"));
     }
   }
   return absl::OkStatus();
@@ -447,6 +499,9 @@ const char* torchao_config_class(TorchAoKind k) {
     case TorchAoKind::kFloat8WeightOnly: return "Float8WeightOnlyConfig";
     case TorchAoKind::kFloat8DynamicActivationFloat8Weight:
       return "Float8DynamicActivationFloat8WeightConfig";
+    case TorchAoKind::kInt8DynamicActivationInt4Weight: return "Int8DynamicActivationInt4WeightConfig";
+    case TorchAoKind::kFpxWeightOnly: return "FPXWeightOnlyConfig";
+    case TorchAoKind::kUintxWeightOnly: return "UIntXWeightOnlyConfig";
   }
   return "?";
 }
@@ -483,6 +538,18 @@ nlohmann::json ComponentQuantConfig::to_json() const {
       if (torchao_kind == TorchAoKind::kInt4WeightOnly ||
           torchao_kind == TorchAoKind::kInt8WeightOnly) {
         data["group_size"] = group_size ? json(*group_size) : json(nullptr);
+      }
+      if (torchao_kind == TorchAoKind::kInt8DynamicActivationInt4Weight) {
+        data["group_size"] = group_size.value_or(32);
+        data["act_mapping_type"] = act_symmetric ? "SYMMETRIC" : "ASYMMETRIC";
+      }
+      if (torchao_kind == TorchAoKind::kFpxWeightOnly) {
+        data["ebits"] = fpx_ebits;
+        data["mbits"] = fpx_mbits;
+      }
+      if (torchao_kind == TorchAoKind::kUintxWeightOnly) {
+        data["dtype"] = absl::StrCat("torch.uint", uintx_bits);
+        data["group_size"] = group_size.value_or(64);
       }
       if (!weight_dtype.empty()) data["weight_dtype"] = weight_dtype;
       if (!granularity.empty()) data["granularity"] = granularity;

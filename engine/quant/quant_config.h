@@ -29,9 +29,13 @@
 //     bitsandbytes_8bit needs load_in_8bit=true (diffusers picks the mode from the flags only).
 //   torchao (TorchAoConfig): quant_type (a shorthand or full torchao function name, see
 //     quant_config.cc), its kwargs flattened next to it (group_size for the int4/int8 weight-only
-//     types), modules_to_not_convert=null. Only the types that torchao >= 0.15 (required by
-//     diffusers 0.42) can still build are accepted; int4dq, fpX_eAmB and uintXwo are recognised
-//     and rejected with that reason.
+//     types), modules_to_not_convert=null. Also accepted, with the kwargs torchao <= 0.14 gave
+//     them: int4dq / int8_dynamic_activation_int4_weight (group_size=32, act_mapping_type=
+//     "asymmetric"|"symmetric"), fpX / fpX_eAmB for X = 3..7 (fpx_weight_only, no kwargs) and
+//     uint1wo..uint7wo / uintx_weight_only (dtype "uint1".."uint7", required for the long name;
+//     group_size=64; pack_dim=-1; use_hqq=false). torchao 0.15 removed their config classes, so
+//     diffusers 0.42 itself cannot build these: fluxserve follows torchao's quantization
+//     primitives for them (engine/quant/torchao_formats.h), and to_json() names the old class.
 //   gguf (GGUFQuantizationConfig): compute_dtype="float32". diffusers models only.
 //
 // Validation follows PipelineQuantizationConfig._validate_init_args and the config classes'
@@ -54,13 +58,17 @@ enum class QuantBackend { kBitsAndBytes4bit, kBitsAndBytes8bit, kTorchAo, kGguf 
 // "bitsandbytes_4bit", "bitsandbytes_8bit", "torchao", "gguf".
 const char* quant_backend_name(QuantBackend b);
 
-// What torchao config class a quant_type stands for (torchao >= 0.15 names).
+// What torchao config class a quant_type stands for (torchao >= 0.15 names; the last three only
+// exist in torchao <= 0.14).
 enum class TorchAoKind {
-  kInt4WeightOnly,                      // Int4WeightOnlyConfig
-  kInt8WeightOnly,                      // Int8WeightOnlyConfig
-  kInt8DynamicActivationInt8Weight,     // Int8DynamicActivationInt8WeightConfig
-  kFloat8WeightOnly,                    // Float8WeightOnlyConfig
-  kFloat8DynamicActivationFloat8Weight  // Float8DynamicActivationFloat8WeightConfig
+  kInt4WeightOnly,                       // Int4WeightOnlyConfig
+  kInt8WeightOnly,                       // Int8WeightOnlyConfig
+  kInt8DynamicActivationInt8Weight,      // Int8DynamicActivationInt8WeightConfig
+  kFloat8WeightOnly,                     // Float8WeightOnlyConfig
+  kFloat8DynamicActivationFloat8Weight,  // Float8DynamicActivationFloat8WeightConfig
+  kInt8DynamicActivationInt4Weight,      // Int8DynamicActivationInt4WeightConfig (<= 0.14)
+  kFpxWeightOnly,                        // FPXWeightOnlyConfig (<= 0.14)
+  kUintxWeightOnly,                      // UIntXWeightOnlyConfig (<= 0.14)
 };
 const char* torchao_config_class(TorchAoKind k);
 
@@ -84,9 +92,12 @@ struct ComponentQuantConfig {
   // torchao (TorchAoConfig)
   std::string quant_type;  // as written (shorthand or full name)
   TorchAoKind torchao_kind = TorchAoKind::kInt8WeightOnly;
-  std::optional<int64_t> group_size;          // int4 (default 128) / int8 (default none) wo
+  std::optional<int64_t> group_size;  // int4wo 128, int8wo none, int4dq 32, uintX 64 (defaults)
   std::string weight_dtype;                   // float8 types: "float8_e4m3fn" | "float8_e5m2"
   std::string granularity;                    // float8dq: "tensor" | "row"; float8wo: "row"
+  int fpx_ebits = 0, fpx_mbits = 0;           // fpX_eAmB: A, B
+  int uintx_bits = 0;                         // uintXwo: X
+  bool act_symmetric = false;                 // int4dq: act_mapping_type "symmetric"
   nlohmann::json quant_type_kwargs = nlohmann::json::object();  // the kwargs as given
   std::optional<std::vector<std::string>> modules_to_not_convert;
 

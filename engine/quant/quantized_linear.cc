@@ -88,6 +88,11 @@ std::string torchao_quant_type(const ComponentQuantConfig& c) {
       return c.weight_dtype == "float8_e4m3fn" ? "float8wo_e4m3" : "float8wo_e5m2";
     case TorchAoKind::kFloat8DynamicActivationFloat8Weight:
       return c.granularity == "row" ? "float8dq_e4m3_row" : "float8dq_e4m3_tensor";
+    // The three below follow torchao <= 0.14's primitives (their config classes are gone upstream).
+    case TorchAoKind::kInt8DynamicActivationInt4Weight: return "int4dq";
+    case TorchAoKind::kFpxWeightOnly:
+      return absl::StrCat("fp", 1 + c.fpx_ebits + c.fpx_mbits, "_e", c.fpx_ebits, "m", c.fpx_mbits);
+    case TorchAoKind::kUintxWeightOnly: return absl::StrCat("uint", c.uintx_bits, "wo");
   }
   return c.quant_type;
 }
@@ -119,6 +124,7 @@ absl::StatusOr<std::shared_ptr<const QuantizedLinearWeight>> quantize_linear_wei
       absl::StatusOr<torchao::FormatSpec> spec =
           torchao::parse_quant_type(torchao_quant_type(cfg), cfg.group_size.value_or(0));
       if (!spec.ok()) return where(spec.status());
+      spec->act_symmetric = cfg.act_symmetric;
       // torchao leaves a layer whose in_features its group size does not divide unquantized.
       if (spec->group_size > 0 && w.size(1) % spec->group_size != 0) return nullptr;
       Tensor src = w;

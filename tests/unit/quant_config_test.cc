@@ -142,15 +142,64 @@ json ao(json entry) {
   return {{"quant_mapping", {{"transformer", entry}}}};
 }
 
+// int4dq, fpX and uintX: torchao <= 0.14 types, accepted with their old kwargs and defaults.
+TEST(QuantConfig, TorchAoOldTypes) {
+  auto one = [](json entry) {
+    auto q = PipelineQuantConfig::from_json(ao(std::move(entry)));
+    EXPECT_TRUE(q.ok()) << q.status();
+    return q.ok() ? q->resolve("transformer") : std::nullopt;
+  };
+  auto t = one({{"quant_type", "int4dq"}});
+  ASSERT_TRUE(t);
+  EXPECT_EQ(t->torchao_kind, TorchAoKind::kInt8DynamicActivationInt4Weight);
+  EXPECT_EQ(t->group_size, 32);
+  EXPECT_FALSE(t->act_symmetric);
+  EXPECT_EQ(t->to_json()["torchao_config"]["_type"], "Int8DynamicActivationInt4WeightConfig");
+  t = one({{"quant_type", "int8_dynamic_activation_int4_weight"}, {"group_size", 64},
+           {"act_mapping_type", "SYMMETRIC"}});
+  ASSERT_TRUE(t);
+  EXPECT_EQ(t->group_size, 64);
+  EXPECT_TRUE(t->act_symmetric);
+  t = one({{"quant_type", "fp6"}});
+  ASSERT_TRUE(t);
+  EXPECT_EQ(t->torchao_kind, TorchAoKind::kFpxWeightOnly);
+  EXPECT_EQ(t->fpx_ebits, 3);
+  EXPECT_EQ(t->fpx_mbits, 2);
+  t = one({{"quant_type", "fp4"}});
+  ASSERT_TRUE(t);
+  EXPECT_EQ(t->fpx_ebits, 2);  // diffusers' default split: e2m1
+  t = one({{"quant_type", "fp5_e1m3"}});
+  ASSERT_TRUE(t);
+  EXPECT_EQ(t->to_json()["torchao_config"]["_data"], json({{"ebits", 1}, {"mbits", 3}}));
+  t = one({{"quant_type", "uint3wo"}});
+  ASSERT_TRUE(t);
+  EXPECT_EQ(t->torchao_kind, TorchAoKind::kUintxWeightOnly);
+  EXPECT_EQ(t->uintx_bits, 3);
+  EXPECT_EQ(t->group_size, 64);
+  t = one({{"quant_type", "uintx_weight_only"}, {"dtype", "torch.uint5"}, {"group_size", 32},
+           {"pack_dim", -1}, {"use_hqq", false}});
+  ASSERT_TRUE(t);
+  EXPECT_EQ(t->uintx_bits, 5);
+  EXPECT_EQ(t->to_json()["torchao_config"]["_data"]["dtype"], "torch.uint5");
+  EXPECT_EQ(t->to_json()["torchao_config"]["_data"]["group_size"], 32);
+}
+
 TEST(QuantConfig, TorchAoErrors) {
   expect_error(ao({{"quant_type", "int3wo"}}), {"quant_mapping.transformer.quant_type 'int3wo' is not a known", "int4wo", "float8dq_e4m3_row"});
   expect_error(ao(json::object()), {"quant_type is required", "int8wo"});
   expect_error(ao({{"quant_type", 8}}), {"quant_type must be a string"});
   expect_error(ao({{"quant_type", "fp6_e3m3"}}), {"fpX_eAmB needs X = A + B + 1", "6 != 3 + 3 + 1"});
-  expect_error(ao({{"quant_type", "fp6_e3m2"}}), {"no longer available", "fpx_weight_only"});
   expect_error(ao({{"quant_type", "fp9"}}), {"X = 3..7"});
-  expect_error(ao({{"quant_type", "int4dq"}}), {"no longer available", "int8_dynamic_activation_int4_weight"});
-  expect_error(ao({{"quant_type", "uint4wo"}}), {"no longer available", "uintx_weight_only"});
+  expect_error(ao({{"quant_type", "fp3_e0m2"}}), {"X = 3..7 with A >= 1"});
+  expect_error(ao({{"quant_type", "uint8wo"}}), {"'uint8wo' is not a known", "uint1wo..uint7wo"});
+  expect_error(ao({{"quant_type", "uintx_weight_only"}}), {"quant_mapping.transformer.dtype is required", "'uint1'"});
+  expect_error(ao({{"quant_type", "uintx_weight_only"}, {"dtype", "uint8"}}), {"dtype is \"uint8\""});
+  expect_error(ao({{"quant_type", "uint4wo"}, {"dtype", "uint4"}}), {"does not support the keyword argument 'dtype'"});
+  expect_error(ao({{"quant_type", "uint4wo"}, {"use_hqq", true}}), {"use_hqq is true", "HQQ"});
+  expect_error(ao({{"quant_type", "uint4wo"}, {"group_size", nullptr}}), {"group_size is null", "positive integer"});
+  expect_error(ao({{"quant_type", "int4dq"}, {"act_mapping_type", "affine"}}), {"act_mapping_type is \"affine\"", "'symmetric'"});
+  expect_error(ao({{"quant_type", "fp6"}, {"group_size", 64}}), {"does not support the keyword argument 'group_size'"});
+  expect_error(ao({{"quant_type", "float8_static_activation_float8_weight"}}), {"calibrated activation scale"});
   expect_error(ao({{"quant_type", "float8wo"}, {"group_size", 64}}),
                {"quant_type 'float8wo' does not support the keyword argument 'group_size'", "supported: none"});
   expect_error(ao({{"quant_type", "int4wo"}, {"group_size", 100}}), {"group_size is 100", "32, 64, 128, 256"});

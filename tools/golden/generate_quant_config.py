@@ -308,9 +308,17 @@ def cases():
     add("mapping_unknown_backend", {"quant_mapping": {"transformer": {"quant_backend": "int3magic"}}})
     add("mapping_torchao_unknown_type", {"quant_mapping": {
         "transformer": {"quant_backend": "torchao", "quant_type": "int3wo"}}})
-    for qt in ["int4dq", "fp6_e3m2", "fp4", "uint4wo", "uintx_weight_only"]:
+    # torchao 0.15 removed these config classes, so diffusers 0.42 rejects the strings; fluxserve
+    # accepts them and follows torchao's quantization primitives (engine/quant/torchao_formats.h).
+    removed_note = ("torchao <= 0.14 type whose config class torchao 0.15 removed; fluxserve "
+                    "implements it from torchao's primitives")
+    for qt, kw in [("int4dq", {}), ("fp6_e3m2", {}), ("fp4", {}), ("uint4wo", {}),
+                   ("uintx_weight_only", {"dtype": "uint3", "group_size": 32})]:
         add(f"mapping_torchao_removed_{qt}", {"quant_mapping": {
-            "transformer": {"quant_backend": "torchao", "quant_type": qt}}})
+            "transformer": {"quant_backend": "torchao", "quant_type": qt, **kw}}},
+            "accept", removed_note)
+    add("mapping_torchao_uintx_no_dtype", {"quant_mapping": {
+        "transformer": {"quant_backend": "torchao", "quant_type": "uintx_weight_only"}}})
     add("mapping_torchao_fpx_mismatch", {"quant_mapping": {
         "transformer": {"quant_backend": "torchao", "quant_type": "fp6_e3m3"}}})
     add("mapping_torchao_missing_type", {"quant_mapping": {"transformer": {"quant_backend": "torchao"}}})
