@@ -360,6 +360,16 @@ void FluxTransformer2DModel::for_each_linear(F&& f) {
 absl::StatusOr<int> FluxTransformer2DModel::quantize(const ComponentQuantConfig& cfg) {
   int count = 0;
   absl::Status status;
+  if (cfg.backend == QuantBackend::kGguf) {
+    // GGUFQuantizer only takes pre-quantized GGUF weights; it never quantizes a checkpoint.
+    if (gguf_file_.empty()) {
+      return absl::FailedPreconditionError(
+          "quant_backend 'gguf' needs the transformer's weights in a .gguf file (see "
+          "FluxTransformer2DModel::load_gguf); this model was loaded from safetensors");
+    }
+    for_each_linear([&](Linear& l, const std::vector<std::string>&) { count += l.quantized != nullptr; });
+    return count;
+  }
   for_each_linear([&](Linear& l, const std::vector<std::string>& names) {
     if (!status.ok()) return;
     for (const std::string& n : names) {

@@ -66,18 +66,32 @@ class FluxTransformer2DModel {
   static absl::StatusOr<std::unique_ptr<FluxTransformer2DModel>> load(const std::string& dir);
   static absl::StatusOr<std::unique_ptr<FluxTransformer2DModel>> from_store(
       const FluxTransformerConfig& config, const WeightStore& store);
+  // A GGUF transformer in BFL naming (city96-style FLUX.1 files), as diffusers'
+  // FluxTransformer2DModel.from_single_file(path, quantization_config=GGUFQuantizationConfig(...),
+  // config=...) loads it: quantized weights stay in their ggml blocks, F32/F16/BF16 weights stay
+  // as stored, 1-D tensors become f32. Shapes are checked against `config`
+  // (flux_transformer_gguf.cc). `config_path` only names the config in messages.
+  static absl::StatusOr<std::unique_ptr<FluxTransformer2DModel>> from_gguf(
+      const FluxTransformerConfig& config, const std::string& gguf_path,
+      const std::string& config_path = "config.json");
+  // <dir>/config.json plus the one *.gguf file in <dir> (an error when there is none or several).
+  static absl::StatusOr<std::unique_ptr<FluxTransformer2DModel>> load_gguf(const std::string& dir);
 
   // Validates the inputs against the config and returns `sample` [B, Li, out_features].
   absl::StatusOr<Tensor> forward(const FluxTransformerInputs& in) const;
 
   const FluxTransformerConfig& config() const { return config_; }
 
+  // The GGUF file the weights came from; empty when loaded from safetensors.
+  const std::string& gguf_file() const { return gguf_file_; }
+
   // Quantize-on-load: every Linear (diffusers quantizes nn.Linear layers only) not exempted by
   // the config's skip list. Stacked projections are quantized as one weight, under the name of
   // their first part (e.g. `transformer_blocks.0.attn.to_q`); a skip entry naming any part keeps
   // the whole stack unquantized. Row- and group-wise formats give the same codes as quantizing
   // the parts one by one; per-tensor float8 gets one scale for the stack where diffusers has one
-  // per part. Returns the number of layers quantized.
+  // per part. Returns the number of layers quantized. With the gguf backend nothing is quantized
+  // here: a model from_gguf reports its layers already in ggml blocks, any other fails.
   absl::StatusOr<int> quantize(const ComponentQuantConfig& cfg);
   // Bytes held by the Linear layers' weights and biases (quantized forms where quantized).
   int64_t weight_bytes() const;
@@ -96,6 +110,7 @@ class FluxTransformer2DModel {
   std::vector<FluxSingleTransformerBlock> single_transformer_blocks;
   Linear norm_out_linear, proj_out;
   std::vector<std::string> unused_keys_;
+  std::string gguf_file_;
 
   // Every Linear with its diffusers module name(s); stacked layers list all their parts.
   template <class F>

@@ -130,7 +130,12 @@ absl::StatusOr<std::unique_ptr<FluxPipeline>> FluxPipeline::load(const std::stri
   FLUX_ASSIGN_OR_RETURN(c.text_encoder_2, T5EncoderModel::load(te2_dir));
   FLUX_ASSIGN_OR_RETURN(std::string tr_dir, find_component_dir(dir, "transformer", "config.json",
                                                                "FluxTransformer2DModel"));
-  FLUX_ASSIGN_OR_RETURN(c.transformer, FluxTransformer2DModel::load(tr_dir));
+  // quant_backend 'gguf': the weights come from the one .gguf file in the transformer folder.
+  const std::optional<ComponentQuantConfig> tr_quant =
+      quant != nullptr ? quant->resolve("transformer") : std::nullopt;
+  FLUX_ASSIGN_OR_RETURN(c.transformer, tr_quant && tr_quant->backend == QuantBackend::kGguf
+                                           ? FluxTransformer2DModel::load_gguf(tr_dir)
+                                           : FluxTransformer2DModel::load(tr_dir));
   FLUX_ASSIGN_OR_RETURN(std::string vae_dir,
                         find_component_dir(dir, "vae", "config.json", "AutoencoderKL"));
   FLUX_ASSIGN_OR_RETURN(c.vae, AutoencoderKL::load(vae_dir));
