@@ -21,6 +21,8 @@ constexpr const char* kBenchUsage = R"(usage:
       [--text-tokens N] [--batch B] [--warmup W] [--iters I] [--threads N]
   Defaults: 1024x1024 image (4096 image tokens), 512 text tokens, batch 1, 1 warmup, 3 iterations,
   all cores. Reports the median and minimum step time and GFLOP/s (2 flops per multiply-add).
+  fluxserve bench quant-linear [--m 512,1] [--k K] [--n N] [--threads T] [--formats ...]
+  One quantized Linear forward per format vs the f32 GEMM (see `bench quant-linear --help`).
 )";
 
 Tensor randn(Shape shape, std::mt19937& rng, float scale = 1.0f) {
@@ -110,6 +112,7 @@ int bench_main(const std::vector<std::string>& args) {
     std::cout << kBenchUsage;
     return args.empty() ? 2 : 0;
   }
+  if (args[0] == "quant-linear") return bench_quant_linear_main({args.begin() + 1, args.end()});
   if (args[0] != "transformer") {
     std::cerr << "fluxserve bench: unknown target '" << args[0] << "'\n" << kBenchUsage;
     return 2;

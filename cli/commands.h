@@ -9,6 +9,7 @@ namespace fluxserve::cli {
 
 int eval_main(const std::vector<std::string>& args);   // eval transformer | scheduler
 int bench_main(const std::vector<std::string>& args);  // bench transformer
+int bench_quant_linear_main(const std::vector<std::string>& args);  // bench quant-linear
 int generate_main(const std::vector<std::string>& args);  // text -> PNG
 // `eval clip|t5` (cli/eval_text.cc), `eval vae` (cli/eval_vae.cc), `eval tokenize`
 // (cli/eval_tokenize.cc): args are the flags after the component name.
