@@ -330,6 +330,8 @@ Tensor dequantize_weight(const QuantizedWeight& q) {
   Tensor out = Tensor::empty({n, k});
   float* o = out.data<float>();
   const float* sc = q.scale.data<float>();
+  // Rows are independent: parallel (weight-only linears dequantize on every call).
+#pragma omp parallel for schedule(static) if (n * k > (1 << 16))
   for (int64_t r = 0; r < n; ++r) {
     for (int64_t j = 0; j < k; ++j) {
       const int64_t i = r * k + j;
@@ -444,7 +446,9 @@ absl::StatusOr<Tensor> quantized_linear(const Tensor& x, const QuantizedWeight& 
     case Format::kInt8WeightOnly: {
       // Int8Tensor per-row path: (x @ q^T) * scale.
       std::vector<float> qf(static_cast<size_t>(n * k));
-      for (size_t i = 0; i < qf.size(); ++i) qf[i] = w.qdata.data<int8_t>()[i];
+      const int8_t* qd = w.qdata.data<int8_t>();
+#pragma omp parallel for schedule(static) if (n * k > (1 << 16))
+      for (int64_t i = 0; i < n * k; ++i) qf[static_cast<size_t>(i)] = qd[i];
       if (m > 0 && k > 0) {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m), static_cast<int>(n),
                     static_cast<int>(k), 1.0f, x2.data<float>(), static_cast<int>(k), qf.data(),
