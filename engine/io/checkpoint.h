@@ -8,6 +8,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -49,8 +50,19 @@ class WeightStore {
   // What was opened (directory or file), for messages.
   const std::string& source() const { return source_; }
 
+  // The component's config.json "quantization_config" (null when it has none), set by whoever
+  // read that config, so that a loader can take pre-quantized layers out of this store.
+  const nlohmann::json& quantization_config() const { return quantization_config_; }
+  const std::string& config_path() const { return config_path_; }
+  void set_quantization_config(nlohmann::json j, std::string config_path) {
+    quantization_config_ = std::move(j);
+    config_path_ = std::move(config_path);
+  }
+
  private:
   std::string source_;
+  nlohmann::json quantization_config_;
+  std::string config_path_;
   std::vector<std::shared_ptr<const SafetensorsFile>> files_;
   std::map<std::string, size_t, std::less<>> key_to_file_;
 };

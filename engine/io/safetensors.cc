@@ -381,4 +381,6 @@ absl::Status write_safetensors(const std::string& path,
   return absl::OkStatus();
 }
 
+bool safetensors_valid_utf8(std::string_view s) { return valid_utf8(s); }
+
 }  // namespace fluxserve

@@ -73,4 +73,7 @@ absl::Status write_safetensors(const std::string& path,
                                const std::vector<std::pair<std::string, Tensor>>& tensors,
                                const std::map<std::string, std::string>& metadata = {});
 
+// Strict UTF-8 (what the header JSON may hold); writers check names before serializing.
+bool safetensors_valid_utf8(std::string_view s);
+
 }  // namespace fluxserve

@@ -2,10 +2,12 @@
 // WeightStore by their state-dict key, checking each shape against the config and remembering
 // which keys were used (so unexpected keys can be reported as diffusers does).
 // Linear weights stay in their stored dtype (mmapped, zero-copy); small vectors (biases, norm
-// weights) are converted to f32 at load.
+// weights) are converted to f32 at load. A Linear stored by bitsandbytes (a pre-quantized
+// checkpoint, see engine/quant/bnb_checkpoint.h) is loaded as a quantized Linear from its bytes.
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -18,10 +20,12 @@
 namespace fluxserve {
 
 struct Linear {
-  Tensor weight;  // [out, in], stored dtype; released once the layer is quantized
+  Tensor weight;  // [out, in], stored dtype; undefined once the layer is quantized
   Tensor bias;    // [out] f32, or undefined
   bool has_bias = false;
-  std::shared_ptr<const QuantizedLinearWeight> quantized;  // set by quantize()
+  // Set by quantize() or, for a pre-quantized checkpoint, by WeightLoader::linear.
+  std::shared_ptr<const QuantizedLinearWeight> quantized;
+  int64_t quantized_out = 0, quantized_in = 0;  // the weight's shape while `weight` is undefined
   // x: [..., in] -> [..., out]
   Tensor operator()(const Tensor& x) const;
   // Replaces the weight by its quantized form as `cfg` says, unless `module` (the diffusers
@@ -29,13 +33,15 @@ struct Linear {
   absl::StatusOr<bool> quantize(const ComponentQuantConfig& cfg, const std::string& module);
   // Bytes held by the weight (quantized form when quantized) and the bias.
   int64_t nbytes() const;
-  int64_t out_features() const { return weight.size(0); }
-  int64_t in_features() const { return weight.size(1); }
+  int64_t out_features() const { return weight.defined() ? weight.size(0) : quantized_out; }
+  int64_t in_features() const { return weight.defined() ? weight.size(1) : quantized_in; }
 };
 
 // Several linears over the same input stacked row-wise into one [sum(out), in] layer, so one GEMM
 // computes them all (q, k, v and the single blocks' MLP input). A copy, in the parts' common
-// dtype (f32 when they differ). Biases must be all present or all absent.
+// dtype (f32 when they differ). Biases must be all present or all absent. When any part is
+// quantized (pre-quantized checkpoints) nothing is copied: the stack keeps the parts and runs one
+// product per part into the stacked output columns.
 Linear stack_linears(const std::vector<const Linear*>& parts);
 
 // Model::load(dir) for every component: <dir>/config.json parsed by Config::from_json(json, path),
@@ -49,6 +55,9 @@ absl::StatusOr<std::unique_ptr<Model>> load_component(const std::string& dir) {
   if (!config.ok()) return config.status();
   absl::StatusOr<WeightStore> store = WeightStore::open_dir(dir);
   if (!store.ok()) return store.status();
+  if (j->is_object() && j->contains("quantization_config")) {
+    store->set_quantization_config((*j)["quantization_config"], config_path);
+  }
   return Model::from_store(*config, *store);
 }
 
@@ -60,14 +69,23 @@ class WeightLoader {
   absl::StatusOr<Tensor> take(const std::string& key, const Shape& shape);
   // The same, converted to f32.
   absl::StatusOr<Tensor> take_f32(const std::string& key, const Shape& shape);
-  // `<prefix>.weight` [out, in] and, when `bias`, `<prefix>.bias` [out].
+  // `<prefix>.weight` [out, in] and, when `bias`, `<prefix>.bias` [out]. A weight stored in the
+  // bitsandbytes serialization gives a quantized Linear (the checkpoint's config.json must carry
+  // its quantization_config); a plain float weight in a pre-quantized checkpoint (a module the
+  // quantizer skipped) stays as stored.
   absl::StatusOr<Linear> linear(const std::string& prefix, int64_t in, int64_t out,
                                 bool bias = true);
   // Keys in the store that no take() asked for.
   std::vector<std::string> unused_keys() const;
+  // Linears loaded from a bitsandbytes serialization so far.
+  int prequantized_linears() const { return prequantized_; }
 
  private:
+  // The checkpoint's quantization (store.quantization_config()), parsed on first use.
+  absl::StatusOr<const ComponentQuantConfig*> checkpoint_quant();
   const WeightStore& store_;
+  std::optional<ComponentQuantConfig> checkpoint_quant_;
+  int prequantized_ = 0;
   std::set<std::string, std::less<>> used_;
 };
 
