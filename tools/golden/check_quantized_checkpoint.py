@@ -6,8 +6,9 @@ For each bitsandbytes config (nf4 + double quant, fp4, LLM.int8):
   2. has diffusers quantize the same transformer (from_pretrained(quantization_config=...,
      torch_dtype=<stored dtype>)) and save_pretrained it: the tensors fluxserve wrote must have the
      same keys, dtypes, shapes and bytes, and config.json the same quantization_config;
-  3. loads OUT with diffusers (FluxPipeline.from_pretrained(OUT), no quantization config: the
-     pre-quantized path) and runs the pipeline; the image must equal the one the pipeline built
+  3. loads OUT with diffusers (FluxTransformer2DModel.from_pretrained(OUT/transformer,
+     device_map="cpu"), no quantization config: the pre-quantized path, then FluxPipeline around
+     it with OUT's other components) and runs the pipeline; the image must equal the one the pipeline built
      around diffusers' own quantized transformer makes (same weights, same code: identical).
 
 diffusers' bnb quantizers insist on a GPU in validate_environment even on the CPU path; as in
@@ -60,6 +61,15 @@ def stored_dtype(component: Path) -> torch.dtype:
     return torch.float32
 
 
+def common_4bit_path(model) -> None:
+    """bitsandbytes' device-independent 4-bit forward (see generate_bnb_checkpoint.py); its
+    AVX512-BF16 repacking also fails outright for in_features < blocksize (tiny models)."""
+    import bitsandbytes as bnb
+    for m in model.modules():
+        if isinstance(m, bnb.nn.Linear4bit):
+            m.support_avx512bf16_for_cpu = False
+
+
 def run_pipe(pipe) -> np.ndarray:
     return pipe("a red fox in the snow", height=64, width=64, num_inference_steps=2,
                 guidance_scale=3.5, max_sequence_length=32, output_type="np",
@@ -105,7 +115,14 @@ def main() -> int:
             qc_ref = json.loads((ref_dir / "config.json").read_text())["quantization_config"]
 
             # The whole pipeline from fluxserve's folder, loaded by diffusers as pre-quantized.
-            pipe_ours = FluxPipeline.from_pretrained(out, torch_dtype=torch.float32)
+            # device_map="cpu" on the transformer: without it the bnb quantizer picks cuda:0.
+            ours_tr = FluxTransformer2DModel.from_pretrained(out / "transformer",
+                                                             torch_dtype=torch.float32,
+                                                             device_map="cpu")
+            common_4bit_path(ours_tr)
+            common_4bit_path(ref_model)
+            pipe_ours = FluxPipeline.from_pretrained(out, transformer=ours_tr,
+                                                     torch_dtype=torch.float32)
             img_ours = run_pipe(pipe_ours)
             pipe_ref = FluxPipeline.from_pretrained(model, transformer=ref_model,
                                                     torch_dtype=torch.float32)
