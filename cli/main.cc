@@ -1,5 +1,5 @@
-// fluxserve: the command-line entry point. The gRPC server (`serve`) arrives with the server
-// issue; the engine tools are here today.
+// fluxserve: the command-line entry point: the gRPC server (`serve`, when built with
+// FLUXSERVE_SERVER) and the engine tools.
 #include <malloc.h>
 
 #include <iostream>
@@ -7,12 +7,17 @@
 #include <vector>
 
 #include "cli/commands.h"
+#ifdef FLUXSERVE_HAVE_SERVER
+#include "server/serve.h"
+#endif
 
 namespace {
 
 constexpr const char* kUsage = R"(usage: fluxserve <command> [flags]
 
 commands:
+  serve                 the gRPC server (ImageService, ModelService, health, /metrics); see
+                          `fluxserve serve --help` and server/README.md
   generate              text to PNG on the embedded default model (or --model DIR)
   eval transformer      run a checkpoint's transformer on named input tensors
                           --model DIR --inputs in.safetensors --outputs out.safetensors [--threads N]
@@ -46,6 +51,18 @@ int main(int argc, char** argv) {
   if (cmd == "eval") return fluxserve::cli::eval_main(rest);
   if (cmd == "bench") return fluxserve::cli::bench_main(rest);
   if (cmd == "generate") return fluxserve::cli::generate_main(rest);
+  if (cmd == "serve") {
+#ifdef FLUXSERVE_HAVE_SERVER
+    // The server keeps the allocator settings above: generation steps there are as
+    // allocation-heavy as in the CLI, and the registry calls malloc_trim(0) after every unload
+    // and swap so that freed weights go back to the kernel.
+    return fluxserve::server::serve_main(rest, fluxserve::cli::default_model_dir());
+#else
+    std::cerr << "fluxserve: this binary was built without the server (cmake -DFLUXSERVE_SERVER=ON "
+                 "with gRPC, protobuf and prometheus-cpp installed: ./x setup)\n";
+    return 2;
+#endif
+  }
   std::cerr << "fluxserve: unknown command '" << cmd << "'\n\n" << kUsage;
   return 2;
 }

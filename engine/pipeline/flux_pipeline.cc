@@ -333,7 +333,9 @@ absl::StatusOr<GenerateResult> FluxPipeline::generate(const GenerateRequest& req
       }
     }
     FLUX_RETURN_IF_ERROR(scheduler.step(i, v, latents));
-    if (progress) progress({i + 1, req.num_inference_steps, seconds_since(t_start)});
+    if (progress) {
+      progress({i + 1, req.num_inference_steps, seconds_since(t_start), &latents, lh, lw});
+    }
   }
   res.denoise_s = seconds_since(t_denoise);
 

@@ -35,6 +35,10 @@ struct GenerateRequest {
 struct GenerateProgress {
   int64_t step = 0, total = 0;  // step 0: text encoded; total steps then one per step
   double elapsed_s = 0;
+  // After each step: the current packed latents [N, (h/2)(w/2), C*4] on the latent grid h x w
+  // (image side / 8), valid during the call only (step previews). Null at step 0.
+  const Tensor* latents = nullptr;
+  int64_t latent_height = 0, latent_width = 0;
 };
 using ProgressFn = std::function<void(const GenerateProgress&)>;
 

@@ -1,0 +1,40 @@
+// Process and model memory, as the registry and the metrics report it: resident set size,
+// the kernel's MemAvailable, giving freed heap back (malloc_trim), what a loaded pipeline holds
+// per component, and how much a spec will need before it is loaded (swap admission).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "engine/pipeline/flux_pipeline.h"
+#include "engine/quant/quant_config.h"
+
+namespace fluxserve::server {
+
+// Resident set size of this process (/proc/self/statm), 0 when unreadable.
+int64_t process_rss_bytes();
+// MemAvailable from /proc/meminfo, -1 when unknown.
+int64_t mem_available_bytes();
+// Returns freed heap pages to the kernel (malloc_trim(0)) and the RSS drop it caused.
+int64_t trim_heap();
+
+struct ComponentBytes {
+  std::string component;  // transformer, text_encoder, text_encoder_2, vae
+  std::string device;     // cpu, gpu, disk
+  std::string format;     // stored dtype(s) or the quantized form
+  int64_t bytes = 0;
+};
+
+// What a loaded pipeline holds, by component. The transformer's linear layers come from the
+// engine (quantized forms where quantized); the rest is the mmapped safetensors weights, which
+// the engine keeps as zero-copy views.
+std::vector<ComponentBytes> pipeline_memory(const FluxPipeline& pipe, const std::string& dir);
+
+// Bytes a pipeline folder will hold once loaded with `quant`: tensor sizes from the safetensors
+// headers (mmapped as stored), the transformer's 2-d weights at the quantized width when it is
+// quantized. An estimate for admission, not an accounting.
+int64_t estimate_pipeline_bytes(const std::string& dir, const PipelineQuantConfig* quant);
+
+}  // namespace fluxserve::server
