@@ -11,6 +11,8 @@ int eval_main(const std::vector<std::string>& args);   // eval transformer | sch
 int bench_main(const std::vector<std::string>& args);  // bench transformer
 int bench_quant_linear_main(const std::vector<std::string>& args);  // bench quant-linear
 int generate_main(const std::vector<std::string>& args);  // text -> PNG
+int quantize_main(const std::vector<std::string>& args);  // pipeline -> pre-quantized pipeline
+int bench_load_main(const std::vector<std::string>& args);  // bench load (cli/bench_load.cc)
 // `eval clip|t5` (cli/eval_text.cc), `eval vae` (cli/eval_vae.cc), `eval tokenize`
 // (cli/eval_tokenize.cc): args are the flags after the component name.
 int eval_text_main(const std::string& component, const std::vector<std::string>& args);

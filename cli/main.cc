@@ -26,9 +26,13 @@ commands:
   eval clip|t5|vae      run one component: input_ids -> last_hidden_state (+ pooler_output),
                           latents -> sample (same flags as eval transformer)
   eval tokenize         --model DIR --prompt TEXT [--prompt-2 TEXT] -> input_ids_clip, input_ids_t5
+  quantize              write a pipeline folder with components pre-quantized (bitsandbytes), as
+                          diffusers' save_pretrained does  --model DIR --config spec.json --output DIR2
   bench transformer     time one transformer step
                           --model DIR [--image-tokens N | --height H --width W] [--text-tokens N]
                           [--batch B] [--warmup W] [--iters I] [--threads N]
+  bench load            time loading the transformer: quantize on load vs a pre-quantized checkpoint
+                          --model DIR [--quant-config spec.json] [--iters N] [--threads N]
   help                  this text
 
 `fluxserve <command> --help` describes a command's flags.
@@ -49,8 +53,12 @@ int main(int argc, char** argv) {
   const std::string cmd = args[0];
   std::vector<std::string> rest(args.begin() + 1, args.end());
   if (cmd == "eval") return fluxserve::cli::eval_main(rest);
+  if (cmd == "bench" && !rest.empty() && rest[0] == "load") {
+    return fluxserve::cli::bench_load_main(std::vector<std::string>(rest.begin() + 1, rest.end()));
+  }
   if (cmd == "bench") return fluxserve::cli::bench_main(rest);
   if (cmd == "generate") return fluxserve::cli::generate_main(rest);
+  if (cmd == "quantize") return fluxserve::cli::quantize_main(rest);
   if (cmd == "serve") {
 #ifdef FLUXSERVE_HAVE_SERVER
     // The server keeps the allocator settings above: generation steps there are as
