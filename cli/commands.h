@@ -13,6 +13,7 @@ int bench_quant_linear_main(const std::vector<std::string>& args);  // bench qua
 int generate_main(const std::vector<std::string>& args);  // text -> PNG
 int quantize_main(const std::vector<std::string>& args);  // pipeline -> pre-quantized pipeline
 int bench_load_main(const std::vector<std::string>& args);  // bench load (cli/bench_load.cc)
+int inspect_main(const std::vector<std::string>& args);   // memory per component (inspect.cc)
 // `eval clip|t5` (cli/eval_text.cc), `eval vae` (cli/eval_vae.cc), `eval tokenize`
 // (cli/eval_tokenize.cc): args are the flags after the component name.
 int eval_text_main(const std::string& component, const std::vector<std::string>& args);

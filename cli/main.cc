@@ -28,6 +28,8 @@ commands:
   eval tokenize         --model DIR --prompt TEXT [--prompt-2 TEXT] -> input_ids_clip, input_ids_t5
   quantize              write a pipeline folder with components pre-quantized (bitsandbytes), as
                           diffusers' save_pretrained does  --model DIR --config spec.json --output DIR2
+  inspect               what each component holds: device, format, quantized/total Linear layers,
+                          bytes  [--model DIR] [--quant-config spec.json] [--json]
   bench transformer     time one transformer step
                           --model DIR [--image-tokens N | --height H --width W] [--text-tokens N]
                           [--batch B] [--warmup W] [--iters I] [--threads N]
@@ -59,6 +61,7 @@ int main(int argc, char** argv) {
   if (cmd == "bench") return fluxserve::cli::bench_main(rest);
   if (cmd == "generate") return fluxserve::cli::generate_main(rest);
   if (cmd == "quantize") return fluxserve::cli::quantize_main(rest);
+  if (cmd == "inspect") return fluxserve::cli::inspect_main(rest);
   if (cmd == "serve") {
 #ifdef FLUXSERVE_HAVE_SERVER
     // The server keeps the allocator settings above: generation steps there are as

@@ -91,6 +91,54 @@ absl::StatusOr<std::unique_ptr<CLIPTextModel>> CLIPTextModel::from_store(
   return m;
 }
 
+template <class Self, class F>
+void CLIPTextModel::for_each_linear(Self& self, F&& f) {
+  const int64_t d = self.config_.hidden_size, ff = self.config_.intermediate_size;
+  for (size_t i = 0; i < self.encoder_layers.size(); ++i) {
+    auto& l = self.encoder_layers[i];
+    const std::string p = absl::StrCat("encoder.layers.", i, ".");
+    f(l.self_attn.qkv_proj, std::vector<LinearPart>{{p + "self_attn.q_proj", d},
+                                                    {p + "self_attn.k_proj", d},
+                                                    {p + "self_attn.v_proj", d}});
+    f(l.self_attn.out_proj, std::vector<LinearPart>{{p + "self_attn.out_proj", d}});
+    f(l.mlp.fc1, std::vector<LinearPart>{{p + "mlp.fc1", ff}});
+    f(l.mlp.fc2, std::vector<LinearPart>{{p + "mlp.fc2", d}});
+  }
+}
+
+UpstreamQuantTraits CLIPTextModel::quant_traits() {
+  return {QuantLibrary::kTransformers, {"final_layer_norm.bias"}, {}};
+}
+
+absl::StatusOr<std::vector<std::string>> CLIPTextModel::quantize(const ComponentQuantConfig& cfg) {
+  FLUX_ASSIGN_OR_RETURN(ComponentQuantizer q,
+                        ComponentQuantizer::create(cfg, quant_traits(), "text_encoder"));
+  absl::Status status;
+  for_each_linear(*this, [&](Linear& l, const std::vector<LinearPart>& parts) {
+    if (status.ok()) status = q.quantize(l, parts);
+  });
+  FLUX_RETURN_IF_ERROR(status);
+  return q.converted();
+}
+
+ModelMemory CLIPTextModel::memory() const {
+  MemoryTally t;
+  t.weight(embeddings.token_embedding);
+  t.weight(embeddings.position_embedding);
+  for (const ClipEncoderLayer& l : encoder_layers) {
+    for (const ClipLayerNorm* n : {&l.layer_norm1, &l.layer_norm2}) {
+      t.aux(n->weight);
+      t.aux(n->bias);
+    }
+  }
+  t.aux(final_layer_norm.weight);
+  t.aux(final_layer_norm.bias);
+  for_each_linear(*this, [&](const Linear& l, const std::vector<LinearPart>& parts) {
+    t.linear(l, static_cast<int>(parts.size()));
+  });
+  return t.finish();
+}
+
 absl::StatusOr<CLIPTextOutput> CLIPTextModel::forward(const Tensor& input_ids) const {
   const CLIPTextConfig& c = config_;
   FLUX_ASSIGN_OR_RETURN(Tensor ids, validate_input_ids(input_ids, c.vocab_size,

@@ -11,6 +11,8 @@
 #include "absl/status/statusor.h"
 #include "engine/core/tensor.h"
 #include "engine/io/checkpoint.h"
+#include "engine/models/component_quant.h"
+#include "engine/models/model_memory.h"
 #include "engine/models/text_configs.h"
 #include "engine/models/weights.h"
 
@@ -61,6 +63,17 @@ class CLIPTextModel {
   absl::StatusOr<CLIPTextOutput> forward(const Tensor& input_ids) const;
 
   const CLIPTextConfig& config() const { return config_; }
+
+  // Quantize-on-load with transformers' rules (component_quant.h): every nn.Linear of the
+  // encoder layers unless the config's skip list exempts it; embeddings and norms stay as they
+  // are. Returns the modules converted (upstream names, e.g. "encoder.layers.0.self_attn.q_proj").
+  absl::StatusOr<std::vector<std::string>> quantize(const ComponentQuantConfig& cfg);
+  // CLIPTextModel's contribution to transformers' skip list (get_keys_to_not_convert: the last
+  // parameter, final_layer_norm.bias; no tied weights, no output embeddings, no fp32 modules).
+  static UpstreamQuantTraits quant_traits();
+  // Bytes held by every tensor, with the Linear layer counts.
+  ModelMemory memory() const;
+
   // Keys in the checkpoint the model did not use (the `position_ids` buffer is expected there
   // and not reported).
   const std::vector<std::string>& unused_keys() const { return unused_keys_; }
@@ -71,6 +84,10 @@ class CLIPTextModel {
   std::vector<ClipEncoderLayer> encoder_layers;  // text_model.encoder.layers
   ClipLayerNorm final_layer_norm;
   std::vector<std::string> unused_keys_;
+
+  // f(linear, parts) for every Linear with the upstream modules it stands for.
+  template <class Self, class F>
+  static void for_each_linear(Self& self, F&& f);
 };
 
 // The sequence position pooled for one row of ids, exactly as transformers 5 picks it:

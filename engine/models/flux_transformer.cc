@@ -393,6 +393,23 @@ int64_t FluxTransformer2DModel::weight_bytes() const {
   return total;
 }
 
+ModelMemory FluxTransformer2DModel::memory() const {
+  MemoryTally t;
+  const_cast<FluxTransformer2DModel*>(this)->for_each_linear(
+      [&](Linear& l, const std::vector<std::string>& names) {
+        t.linear(l, static_cast<int>(names.size()));
+      });
+  for (const FluxTransformerBlock& b : transformer_blocks) {
+    for (const Tensor* n : {&b.attn.norm_q, &b.attn.norm_k, &b.attn.norm_added_q, &b.attn.norm_added_k})
+      t.aux(*n);
+  }
+  for (const FluxSingleTransformerBlock& b : single_transformer_blocks) {
+    t.aux(b.attn.norm_q);
+    t.aux(b.attn.norm_k);
+  }
+  return t.finish();
+}
+
 double FluxTransformer2DModel::flops(int64_t li, int64_t lt) const {
   const double d = static_cast<double>(config_.inner_dim()), s = static_cast<double>(li + lt);
   const double img = static_cast<double>(li), txt = static_cast<double>(lt);

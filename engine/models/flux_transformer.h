@@ -12,6 +12,7 @@
 #include "engine/core/tensor.h"
 #include "engine/io/checkpoint.h"
 #include "engine/models/flux_config.h"
+#include "engine/models/model_memory.h"
 #include "engine/models/weights.h"
 
 namespace fluxserve {
@@ -95,6 +96,9 @@ class FluxTransformer2DModel {
   absl::StatusOr<int> quantize(const ComponentQuantConfig& cfg);
   // Bytes held by the Linear layers' weights and biases (quantized forms where quantized).
   int64_t weight_bytes() const;
+  // Bytes held by every tensor (Linear layers, attention norms), with the Linear layer counts
+  // (a stack quantized as one counts all its parts).
+  ModelMemory memory() const;
 
   // Multiply-adds of one forward pass for a batch of 1, for GFLOP/s reporting.
   double flops(int64_t image_tokens, int64_t text_tokens) const;

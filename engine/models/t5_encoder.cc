@@ -111,11 +111,68 @@ absl::StatusOr<std::unique_ptr<T5EncoderModel>> T5EncoderModel::from_store(
       FLUX_ASSIGN_OR_RETURN(b.layer_1.wi, w.linear(dd + "wi", d, ff, /*bias=*/false));
     }
     FLUX_ASSIGN_OR_RETURN(b.layer_1.wo, w.linear(dd + "wo", ff, d, /*bias=*/false));
+    if (b.layer_1.wo.weight.dtype() == DType::kF16) {
+      // _keep_in_fp32_modules: transformers upcasts `wo` to float32 when it loads T5 in float16
+      // (T5's activations overflow float16 there); bf16 and f32 loads keep their dtype.
+      FLUX_ASSIGN_OR_RETURN(b.layer_1.wo.weight, b.layer_1.wo.weight.as_f32());
+    }
     FLUX_ASSIGN_OR_RETURN(b.layer_1.layer_norm, w.take_f32(p + "1.layer_norm.weight", {d}));
   }
   FLUX_ASSIGN_OR_RETURN(m->final_layer_norm, w.take_f32("encoder.final_layer_norm.weight", {d}));
   m->unused_keys_ = w.unused_keys();
   return m;
+}
+
+template <class Self, class F>
+void T5EncoderModel::for_each_linear(Self& self, F&& f) {
+  const int64_t d = self.config_.d_model, inner = self.config_.inner_dim(), ff = self.config_.d_ff;
+  for (size_t i = 0; i < self.encoder_block.size(); ++i) {
+    auto& b = self.encoder_block[i];
+    const std::string sa = absl::StrCat("encoder.block.", i, ".layer.0.SelfAttention.");
+    const std::string dd = absl::StrCat("encoder.block.", i, ".layer.1.DenseReluDense.");
+    f(b.layer_0.qkv, std::vector<LinearPart>{{sa + "q", inner}, {sa + "k", inner}, {sa + "v", inner}});
+    f(b.layer_0.o, std::vector<LinearPart>{{sa + "o", d}});
+    if (self.config_.is_gated_act) {
+      f(b.layer_1.wi, std::vector<LinearPart>{{dd + "wi_0", ff}, {dd + "wi_1", ff}});
+    } else {
+      f(b.layer_1.wi, std::vector<LinearPart>{{dd + "wi", ff}});
+    }
+    f(b.layer_1.wo, std::vector<LinearPart>{{dd + "wo", d}});
+  }
+}
+
+UpstreamQuantTraits T5EncoderModel::quant_traits() {
+  // all_tied_weights_keys {"encoder.embed_tokens.weight": "shared.weight"} and the last
+  // parameter "encoder.final_layer_norm.weight", each without ".weight".
+  return {QuantLibrary::kTransformers,
+          {"encoder.embed_tokens", "shared", "encoder.final_layer_norm"},
+          {"wo"}};
+}
+
+absl::StatusOr<std::vector<std::string>> T5EncoderModel::quantize(const ComponentQuantConfig& cfg) {
+  FLUX_ASSIGN_OR_RETURN(ComponentQuantizer q,
+                        ComponentQuantizer::create(cfg, quant_traits(), "text_encoder_2"));
+  absl::Status status;
+  for_each_linear(*this, [&](Linear& l, const std::vector<LinearPart>& parts) {
+    if (status.ok()) status = q.quantize(l, parts);
+  });
+  FLUX_RETURN_IF_ERROR(status);
+  return q.converted();
+}
+
+ModelMemory T5EncoderModel::memory() const {
+  MemoryTally t;
+  t.weight(shared);
+  t.aux(relative_attention_bias);
+  for (const T5Block& b : encoder_block) {
+    t.aux(b.layer_0.layer_norm);
+    t.aux(b.layer_1.layer_norm);
+  }
+  t.aux(final_layer_norm);
+  for_each_linear(*this, [&](const Linear& l, const std::vector<LinearPart>& parts) {
+    t.linear(l, static_cast<int>(parts.size()));
+  });
+  return t.finish();
 }
 
 absl::StatusOr<Tensor> T5EncoderModel::forward(const Tensor& input_ids) const {

@@ -12,6 +12,8 @@
 #include "absl/status/statusor.h"
 #include "engine/core/tensor.h"
 #include "engine/io/checkpoint.h"
+#include "engine/models/component_quant.h"
+#include "engine/models/model_memory.h"
 #include "engine/models/text_configs.h"
 #include "engine/models/weights.h"
 
@@ -27,7 +29,7 @@ struct T5LayerSelfAttention {
 // layer.1: T5LayerFF. Gated: wi_0|wi_1 stacked into `wi` ([2 * d_ff, d_model]); plain: wi.
 struct T5LayerFF {
   Linear wi;          // DenseReluDense.wi_0|wi_1 (gated) or DenseReluDense.wi
-  Linear wo;          // DenseReluDense.wo [d_model, d_ff]
+  Linear wo;          // DenseReluDense.wo [d_model, d_ff]; f32 when stored f16 (keep_in_fp32)
   Tensor layer_norm;  // .weight [d_model] f32
 };
 
@@ -52,6 +54,17 @@ class T5EncoderModel {
   const T5Config& config() const { return config_; }
   const std::vector<std::string>& unused_keys() const { return unused_keys_; }
 
+  // Quantize-on-load with transformers' rules (component_quant.h). `wo` is in T5's
+  // _keep_in_fp32_modules: bitsandbytes leaves it unquantized, torchao (which matches parameter
+  // names, where the suffix "wo" never matches) quantizes it. Returns the modules converted
+  // (upstream names, e.g. "encoder.block.0.layer.0.SelfAttention.q").
+  absl::StatusOr<std::vector<std::string>> quantize(const ComponentQuantConfig& cfg);
+  // T5EncoderModel's contribution to transformers' skip list: the tied embedding keys, the last
+  // parameter's module (encoder.final_layer_norm) and _keep_in_fp32_modules = ["wo"].
+  static UpstreamQuantTraits quant_traits();
+  // Bytes held by every tensor, with the Linear layer counts.
+  ModelMemory memory() const;
+
  private:
   T5Config config_;
   Tensor shared;  // [vocab, d_model], stored dtype (f32/bf16/f16)
@@ -60,6 +73,10 @@ class T5EncoderModel {
   std::vector<T5Block> encoder_block;
   Tensor final_layer_norm;  // encoder.final_layer_norm.weight [d_model] f32
   std::vector<std::string> unused_keys_;
+
+  // f(linear, parts) for every Linear with the upstream modules it stands for.
+  template <class Self, class F>
+  static void for_each_linear(Self& self, F&& f);
 };
 
 // T5Attention._relative_position_bucket for the bidirectional encoder, with transformers'

@@ -222,6 +222,69 @@ Tensor VaeAttention::operator()(const Tensor& x) const {
 
 // ---- model ---------------------------------------------------------------------------------
 
+template <class Self, class F>
+void AutoencoderKL::for_each_linear(Self& self, F&& f) {
+  const int64_t c = self.config_.block_out_channels.back();
+  auto& attns = self.decoder.mid_block.attentions;
+  for (size_t i = 0; i < attns.size(); ++i) {
+    const std::string p = absl::StrCat("decoder.mid_block.attentions.", i, ".");
+    f(attns[i].to_qkv, std::vector<LinearPart>{{p + "to_q", c}, {p + "to_k", c}, {p + "to_v", c}});
+    f(attns[i].to_out_0, std::vector<LinearPart>{{p + "to_out.0", c}});
+  }
+}
+
+UpstreamQuantTraits AutoencoderKL::quant_traits() { return {QuantLibrary::kDiffusers, {}, {}}; }
+
+absl::StatusOr<std::vector<std::string>> AutoencoderKL::quantize(const ComponentQuantConfig& cfg) {
+  FLUX_ASSIGN_OR_RETURN(ComponentQuantizer q, ComponentQuantizer::create(cfg, quant_traits(), "vae"));
+  absl::Status status;
+  for_each_linear(*this, [&](Linear& l, const std::vector<LinearPart>& parts) {
+    if (status.ok()) status = q.quantize(l, parts);
+  });
+  FLUX_RETURN_IF_ERROR(status);
+  return q.converted();
+}
+
+namespace {
+
+void tally_conv(MemoryTally& t, const Conv2d& c) {
+  t.weight(c.weight);
+  t.aux(c.bias);
+}
+
+void tally_norm(MemoryTally& t, const GroupNorm& n) {
+  t.aux(n.weight);
+  t.aux(n.bias);
+}
+
+void tally_resnet(MemoryTally& t, const ResnetBlock2D& r) {
+  tally_norm(t, r.norm1);
+  tally_conv(t, r.conv1);
+  tally_norm(t, r.norm2);
+  tally_conv(t, r.conv2);
+  if (r.conv_shortcut) tally_conv(t, *r.conv_shortcut);
+}
+
+}  // namespace
+
+ModelMemory AutoencoderKL::memory() const {
+  MemoryTally t;
+  if (post_quant_conv) tally_conv(t, *post_quant_conv);
+  tally_conv(t, decoder.conv_in);
+  for (const ResnetBlock2D& r : decoder.mid_block.resnets) tally_resnet(t, r);
+  for (const VaeAttention& a : decoder.mid_block.attentions) tally_norm(t, a.group_norm);
+  for (const UpDecoderBlock2D& b : decoder.up_blocks) {
+    for (const ResnetBlock2D& r : b.resnets) tally_resnet(t, r);
+    for (const Upsample2D& u : b.upsamplers) tally_conv(t, u.conv);
+  }
+  tally_norm(t, decoder.conv_norm_out);
+  tally_conv(t, decoder.conv_out);
+  for_each_linear(*this, [&](const Linear& l, const std::vector<LinearPart>& parts) {
+    t.linear(l, static_cast<int>(parts.size()));
+  });
+  return t.finish();
+}
+
 absl::StatusOr<std::unique_ptr<AutoencoderKL>> AutoencoderKL::load(const std::string& dir) {
   return load_component<AutoencoderKL, AutoencoderKLConfig>(dir);
 }

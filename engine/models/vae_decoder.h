@@ -13,6 +13,8 @@
 #include "absl/status/statusor.h"
 #include "engine/core/tensor.h"
 #include "engine/io/checkpoint.h"
+#include "engine/models/component_quant.h"
+#include "engine/models/model_memory.h"
 #include "engine/models/weights.h"
 #include "nlohmann/json.hpp"
 
@@ -116,6 +118,15 @@ class AutoencoderKL {
   absl::StatusOr<Tensor> decode(const Tensor& z) const;
 
   const AutoencoderKLConfig& config() const { return config_; }
+
+  // Quantize-on-load with diffusers' rules (component_quant.h): only nn.Linear layers are
+  // replaced, which in AutoencoderKL are the mid-block attention projections; convolutions and
+  // norms stay as stored. Upstream also converts the encoder's, which is not loaded here.
+  // Returns the modules converted (e.g. "decoder.mid_block.attentions.0.to_q").
+  absl::StatusOr<std::vector<std::string>> quantize(const ComponentQuantConfig& cfg);
+  static UpstreamQuantTraits quant_traits();  // diffusers; no _keep_in_fp32_modules
+  // Bytes held by every tensor of the decoder, with the Linear layer counts.
+  ModelMemory memory() const;
   // Multiply-adds x2 of one decode of a 1 x h x w latent, for GFLOP/s reporting.
   double flops(int64_t h, int64_t w) const;
   // Keys in the checkpoint the decoder did not use, not counting encoder.* and quant_conv.*
@@ -127,6 +138,10 @@ class AutoencoderKL {
   std::optional<Conv2d> post_quant_conv;
   VaeDecoder decoder;
   std::vector<std::string> unused_keys_;
+
+  // f(linear, parts) for every Linear with the upstream modules it stands for.
+  template <class Self, class F>
+  static void for_each_linear(Self& self, F&& f);
 };
 
 // VaeImageProcessor.postprocess(output_type="pil"/"np") to bytes: (x / 2 + 0.5).clamp(0, 1) in

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "engine/core/status.h"
 #include "engine/models/clip_text.h"
 #include "engine/models/flux_transformer.h"
@@ -108,6 +109,24 @@ bool FluxPipeline::has_guidance_embeds() const { return c_->transformer->config(
 
 int64_t FluxPipeline::transformer_linear_bytes() const { return c_->transformer->weight_bytes(); }
 
+std::vector<ComponentMemory> FluxPipeline::memory() const {
+  std::vector<ComponentMemory> out;
+  auto add = [&](const char* name, const ModelMemory& m) {
+    ComponentMemory e;
+    e.component = name;
+    e.format = m.format;
+    e.bytes = m.bytes;
+    e.quantized_layers = m.quantized_layers;
+    e.total_layers = m.total_layers;
+    out.push_back(std::move(e));
+  };
+  add("text_encoder", c_->text_encoder->memory());
+  add("text_encoder_2", c_->text_encoder_2->memory());
+  add("transformer", c_->transformer->memory());
+  add("vae", c_->vae->memory());
+  return out;
+}
+
 absl::StatusOr<std::unique_ptr<FluxPipeline>> FluxPipeline::load(const std::string& dir,
                                                                 const PipelineQuantConfig* quant) {
   auto p = std::unique_ptr<FluxPipeline>(new FluxPipeline());
@@ -176,23 +195,35 @@ absl::StatusOr<std::unique_ptr<FluxPipeline>> FluxPipeline::load(const std::stri
   }
 
   if (quant != nullptr) {
-    std::vector<std::string> applied;
-    for (const char* name : {"text_encoder", "text_encoder_2", "vae"}) {
-      if (quant->resolve(name).has_value()) {
-        return absl::UnimplementedError(absl::StrCat(
-            "quantization of ", name, " is not implemented yet; only the transformer can be "
-            "quantized: set \"components_to_quantize\": [\"transformer\"] or use quant_mapping"));
-      }
+    // Each model applies its library's skip rules; the summary names what each one converted.
+    std::vector<std::string> summary;
+    auto report = [&](const char* name, const ComponentQuantConfig& cfg, size_t n) {
+      summary.push_back(absl::StrCat(name, ": ", cfg.to_json().dump(), " (", n, " linear layers)"));
+    };
+    auto failed = [](const std::string& where, const absl::Status& s) {
+      return absl::Status(s.code(), absl::StrCat(where, ": quantizing: ", s.message()));
+    };
+    if (std::optional<ComponentQuantConfig> q = quant->resolve("text_encoder")) {
+      absl::StatusOr<std::vector<std::string>> n = c.text_encoder->quantize(*q);
+      if (!n.ok()) return failed(te_dir, n.status());
+      report("text_encoder", *q, n->size());
+    }
+    if (std::optional<ComponentQuantConfig> q = quant->resolve("text_encoder_2")) {
+      absl::StatusOr<std::vector<std::string>> n = c.text_encoder_2->quantize(*q);
+      if (!n.ok()) return failed(te2_dir, n.status());
+      report("text_encoder_2", *q, n->size());
     }
     if (std::optional<ComponentQuantConfig> tq = quant->resolve("transformer")) {
       absl::StatusOr<int> n = c.transformer->quantize(*tq);
-      if (!n.ok()) {
-        return absl::Status(n.status().code(),
-                            absl::StrCat(tr_dir, ": quantizing: ", n.status().message()));
-      }
-      p->quantization_ = absl::StrCat("transformer: ", tq->to_json().dump(), " (", *n,
-                                      " linear layers)");
+      if (!n.ok()) return failed(tr_dir, n.status());
+      report("transformer", *tq, static_cast<size_t>(*n));
     }
+    if (std::optional<ComponentQuantConfig> q = quant->resolve("vae")) {
+      absl::StatusOr<std::vector<std::string>> n = c.vae->quantize(*q);
+      if (!n.ok()) return failed(vae_dir, n.status());
+      report("vae", *q, n->size());
+    }
+    if (!summary.empty()) p->quantization_ = absl::StrJoin(summary, "; ");
   }
   return p;
 }

@@ -50,14 +50,28 @@ struct GenerateResult {
   double encode_s = 0, denoise_s = 0, decode_s = 0;
 };
 
+// What one component holds in memory (FluxPipeline::memory(), `fluxserve inspect`, later the
+// server's ModelService and /metrics). One entry per (component, device): everything is on the
+// CPU today; the device map (issue #7) will split a component over "gpu" / "cpu" / "disk".
+struct ComponentMemory {
+  std::string component;  // "text_encoder", "text_encoder_2", "transformer", "vae"
+  std::string device = "cpu";
+  // The weights' formats, largest share first: "bf16", "bitsandbytes nf4 (double quant) + bf16".
+  std::string format;
+  int64_t bytes = 0;          // every tensor buffer held (weights, biases, norms, quant states)
+  int quantized_layers = 0;   // upstream nn.Linear modules held quantized
+  int total_layers = 0;       // upstream nn.Linear modules (q, k, v count separately)
+};
+
 class FluxPipeline {
  public:
   // Loads every component of a diffusers FluxPipeline folder and checks that they fit together
   // (T5 d_model = joint_attention_dim, CLIP hidden = pooled_projection_dim, VAE latent channels
   // x 4 = in_channels, tokenizer vocabularies within the encoders' embedding tables).
   // `quant`, when given, is applied per component as diffusers' PipelineQuantizationConfig
-  // resolves it (quantize-on-load). Only the transformer can be quantized so far; a config that
-  // resolves to another component is Unimplemented, naming it.
+  // resolves it (quantize-on-load): the transformer and the VAE with diffusers' rules, the text
+  // encoders with transformers' (engine/models/component_quant.h). gguf applies to the
+  // transformer only (a .gguf file); for another component it is an error naming it.
   static absl::StatusOr<std::unique_ptr<FluxPipeline>> load(
       const std::string& dir, const PipelineQuantConfig* quant = nullptr);
   ~FluxPipeline();
@@ -74,6 +88,10 @@ class FluxPipeline {
   const std::string& quantization() const { return quantization_; }
   // Bytes held by the transformer's Linear layers (quantized forms where quantized).
   int64_t transformer_linear_bytes() const;
+  // Per component (text_encoder, text_encoder_2, transformer, vae): bytes held, formats and
+  // Linear layer counts, walked from the loaded tensors. Tokenizers and the scheduler hold no
+  // tensors and are not listed.
+  std::vector<ComponentMemory> memory() const;
   const std::string& dir() const { return dir_; }
 
   struct Components;  // the loaded models (opaque)

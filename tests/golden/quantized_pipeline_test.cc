@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <map>
 
 #include "engine/pipeline/flux_pipeline.h"
 #include "tests/golden/golden_util.h"
@@ -127,15 +128,92 @@ TEST(QuantizedPipeline, SkipListsKeepLayersUnquantized) {
   EXPECT_LT((*ps)->transformer_linear_bytes(), (*base)->transformer_linear_bytes());
 }
 
-TEST(QuantizedPipeline, UnsupportedComponentsAreNamed) {
+// Every component quantized alone, then all four together, in each quantize-on-load format: the
+// README's per-component table (bytes from FluxPipeline::memory(), error vs the unquantized run).
+// Which layers each component converts is proven against upstream in
+// component_quant_golden_test.cc.
+TEST(QuantizedPipeline, EveryComponentQuantizedRunsSmallerAndClose) {
+  auto base = FluxPipeline::load(default_model());
+  ASSERT_TRUE(base.ok()) << base.status();
+  auto ref = (*base)->generate(request());
+  ASSERT_TRUE(ref.ok()) << ref.status();
+  std::map<std::string, int64_t> base_bytes;
+  for (const ComponentMemory& m : (*base)->memory()) base_bytes[m.component] = m.bytes;
+
+  struct Format {
+    const char* name;
+    nlohmann::json spec;  // one quant_mapping entry
+    double min_cosine;    // each component alone
+  };
+  auto bnb4 = [](const char* type, bool dq) {
+    return nlohmann::json{{"quant_backend", "bitsandbytes_4bit"}, {"load_in_4bit", true},
+                          {"bnb_4bit_quant_type", type}, {"bnb_4bit_use_double_quant", dq}};
+  };
+  auto ao = [](nlohmann::json kw) {
+    kw["quant_backend"] = "torchao";
+    return kw;
+  };
+  const std::vector<Format> formats = {
+      {"bnb nf4", bnb4("nf4", false), 0.95},
+      {"bnb nf4 double quant", bnb4("nf4", true), 0.95},
+      {"bnb fp4", bnb4("fp4", false), 0.95},
+      {"bnb LLM.int8", {{"quant_backend", "bitsandbytes_8bit"}, {"load_in_8bit", true}}, 0.99},
+      {"torchao int8wo", ao({{"quant_type", "int8wo"}}), 0.99},
+      {"torchao int8dq", ao({{"quant_type", "int8dq"}}), 0.99},
+      {"torchao int4wo g32", ao({{"quant_type", "int4wo"}, {"group_size", 32}}), 0.95},
+      {"torchao float8wo e4m3", ao({{"quant_type", "float8wo_e4m3"}}), 0.98},
+  };
+  const std::vector<std::string> components = {"text_encoder", "text_encoder_2", "vae", "all"};
+  std::printf("| format | component | bytes | vs bf16 | quantized/total Linear | cosine | PSNR |\n");
+  for (const Format& f : formats) {
+    for (const std::string& comp : components) {
+      nlohmann::json mapping = nlohmann::json::object();
+      for (const char* c : {"text_encoder", "text_encoder_2", "transformer", "vae"}) {
+        if (comp == c || comp == "all") mapping[c] = f.spec;
+      }
+      auto cfg = PipelineQuantConfig::from_json({{"quant_mapping", mapping}}, f.name);
+      ASSERT_TRUE(cfg.ok()) << f.name << ": " << cfg.status();
+      auto pipe = FluxPipeline::load(default_model(), &*cfg);
+      ASSERT_TRUE(pipe.ok()) << f.name << " " << comp << ": " << pipe.status();
+      auto res = (*pipe)->generate(request());
+      ASSERT_TRUE(res.ok()) << f.name << " " << comp << ": " << res.status();
+      int64_t bytes = 0, before = 0;
+      int q = 0, total = 0;
+      for (const ComponentMemory& m : (*pipe)->memory()) {
+        if (comp != "all" && m.component != comp) continue;
+        bytes += m.bytes;
+        before += base_bytes[m.component];
+        q += m.quantized_layers;
+        total += m.total_layers;
+      }
+      const double cs = cosine(res->latents, ref->latents);
+      std::printf("| %s | %s | %lld | %.2f | %d/%d | %.5f | %.1f dB |\n", f.name, comp.c_str(),
+                  static_cast<long long>(bytes),
+                  static_cast<double>(bytes) / static_cast<double>(before), q, total, cs,
+                  psnr(res->images[0], ref->images[0]));
+      EXPECT_LT(bytes, before) << f.name << " " << comp;
+      EXPECT_GT(q, 0) << f.name << " " << comp;
+      if (comp != "all") {
+        EXPECT_GE(cs, f.min_cosine) << f.name << " " << comp;
+      }
+    }
+  }
+}
+
+TEST(QuantizedPipeline, GgufOnlyQuantizesTheTransformer) {
+  // The config schema already refuses gguf for the text encoders (transformers models); for the
+  // VAE it parses, and loading names the component.
   auto cfg = PipelineQuantConfig::from_json(
-      {{"quant_backend", "bitsandbytes_4bit"}, {"quant_kwargs", {{"load_in_4bit", true}}}},
+      {{"quant_mapping", {{"vae", {{"quant_backend", "gguf"}, {"compute_dtype", "bfloat16"}}}}}},
       "spec.json");
   ASSERT_TRUE(cfg.ok()) << cfg.status();
   auto pipe = FluxPipeline::load(default_model(), &*cfg);
   ASSERT_FALSE(pipe.ok());
   EXPECT_EQ(pipe.status().code(), absl::StatusCode::kUnimplemented);
-  EXPECT_NE(pipe.status().message().find("text_encoder"), std::string::npos) << pipe.status();
+  EXPECT_NE(pipe.status().message().find("vae"), std::string::npos) << pipe.status();
+  auto te = PipelineQuantConfig::from_json(
+      {{"quant_mapping", {{"text_encoder_2", {{"quant_backend", "gguf"}}}}}}, "spec.json");
+  EXPECT_FALSE(te.ok());
 }
 
 }  // namespace
