@@ -69,36 +69,6 @@ int64_t trim_heap() {
   return before - process_rss_bytes();
 }
 
-std::vector<ComponentBytes> pipeline_memory(const FluxPipeline& pipe, const std::string& dir) {
-  std::vector<ComponentBytes> out;
-  for (const char* component : kComponents) {
-    ComponentBytes c;
-    c.component = component;
-    c.device = "cpu";
-    std::set<std::string> dtypes;
-    int64_t other_bytes = 0;  // everything but the transformer's linear weights
-    for (const std::string& path : safetensors_files(dir + "/" + component)) {
-      absl::StatusOr<std::shared_ptr<const SafetensorsFile>> f = SafetensorsFile::open(path);
-      if (!f.ok()) continue;
-      for (const SafetensorsEntry& e : (*f)->entries()) {
-        dtypes.insert(dtype_name(e.dtype));
-        if (c.component != "transformer" || e.shape.size() != 2) {
-          other_bytes += static_cast<int64_t>(e.end - e.begin);
-        }
-      }
-    }
-    c.format = absl::StrJoin(dtypes, "+");
-    if (c.component == "transformer") {
-      c.bytes = pipe.transformer_linear_bytes() + other_bytes;
-      if (pipe.quantization() != "none") c.format = pipe.quantization();
-    } else {
-      c.bytes = other_bytes;
-    }
-    out.push_back(std::move(c));
-  }
-  return out;
-}
-
 int64_t estimate_pipeline_bytes(const std::string& dir, const PipelineQuantConfig* quant) {
   double total = 0;
   for (const char* component : kComponents) {

@@ -1,6 +1,7 @@
 // Process and model memory, as the registry and the metrics report it: resident set size,
 // the kernel's MemAvailable, giving freed heap back (malloc_trim), what a loaded pipeline holds
-// per component, and how much a spec will need before it is loaded (swap admission).
+// and how much a spec will need before it is loaded (swap admission). What a loaded pipeline
+// holds per component is FluxPipeline::memory().
 #pragma once
 
 #include <cstdint>
@@ -19,18 +20,6 @@ int64_t process_rss_bytes();
 int64_t mem_available_bytes();
 // Returns freed heap pages to the kernel (malloc_trim(0)) and the RSS drop it caused.
 int64_t trim_heap();
-
-struct ComponentBytes {
-  std::string component;  // transformer, text_encoder, text_encoder_2, vae
-  std::string device;     // cpu, gpu, disk
-  std::string format;     // stored dtype(s) or the quantized form
-  int64_t bytes = 0;
-};
-
-// What a loaded pipeline holds, by component. The transformer's linear layers come from the
-// engine (quantized forms where quantized); the rest is the mmapped safetensors weights, which
-// the engine keeps as zero-copy views.
-std::vector<ComponentBytes> pipeline_memory(const FluxPipeline& pipe, const std::string& dir);
 
 // Bytes a pipeline folder will hold once loaded with `quant`: tensor sizes from the safetensors
 // headers (mmapped as stored), the transformer's 2-d weights at the quantized width when it is

@@ -106,8 +106,8 @@ absl::StatusOr<ModelRegistry::Generation> ModelRegistry::load_generation(const R
   auto* m = new LoadedModel;
   m->name = name;
   m->spec = spec;
-  m->memory = pipeline_memory(**pipe, spec.dir);
-  for (const ComponentBytes& c : m->memory) m->total_bytes += c.bytes;
+  m->memory = (*pipe)->memory();
+  for (const ComponentMemory& c : m->memory) m->total_bytes += c.bytes;
   m->pipeline = std::move(*pipe);
   m->load_seconds = seconds;
   Generation g;
@@ -396,12 +396,14 @@ v1::ModelInfo ModelRegistry::info_locked(const std::string& name, const Entry& e
   info.set_state_since_unix(e.state_since);
   info.set_quantization("none");
   if (const LoadedModel* m = e.current.model.get()) {
-    for (const ComponentBytes& c : m->memory) {
+    for (const ComponentMemory& c : m->memory) {
       v1::ComponentMemory* cm = info.add_memory();
       cm->set_component(c.component);
       cm->set_device(c.device);
       cm->set_bytes(c.bytes);
       cm->set_format(c.format);
+      cm->set_quantized_layers(c.quantized_layers);
+      cm->set_total_layers(c.total_layers);
     }
     info.set_total_bytes(m->total_bytes);
     info.set_load_seconds(m->load_seconds);

@@ -31,7 +31,7 @@ struct LoadedModel {
   std::string name;
   ResolvedSpec spec;
   std::unique_ptr<const FluxPipeline> pipeline;
-  std::vector<ComponentBytes> memory;
+  std::vector<ComponentMemory> memory;  // FluxPipeline::memory()
   int64_t total_bytes = 0;
   double load_seconds = 0;
 };

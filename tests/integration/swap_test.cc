@@ -4,6 +4,7 @@
 // and only requests naming the unloaded model may get NOT_FOUND, only while it is gone. The test
 // checks that requests really were in flight across every swap, so "zero failed" means something.
 #include <atomic>
+#include <map>
 #include <mutex>
 #include <thread>
 
@@ -216,4 +217,70 @@ TEST_F(SwapTest, NoRequestFailsOrIsLostAcrossSwapsAndReloads) {
 }
 
 }  // namespace
+// GetModel's memory is the engine's own accounting (FluxPipeline::memory()), per component, and
+// /metrics shows the same bytes; swapping to nf4 shrinks the transformer and marks its layers.
+TEST_F(SwapTest, GetModelReportsTheEnginesMemoryPerComponent) {
+  auto stub = pb::ModelService::NewStub(channel_);
+  auto get = [&]() -> pb::ModelInfo {
+    grpc::ClientContext ctx;
+    SetTimeout(ctx, 30);
+    pb::GetModelRequest req;
+    req.set_name("tiny-flux");
+    pb::ModelInfo info;
+    grpc::Status s = stub->GetModel(&ctx, req, &info);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    return info;
+  };
+  auto by_component = [](const pb::ModelInfo& info) {
+    std::map<std::string, pb::ComponentMemory> out;
+    int64_t sum = 0;
+    for (const pb::ComponentMemory& c : info.memory()) {
+      EXPECT_EQ(c.device(), "cpu") << c.component();
+      EXPECT_GT(c.bytes(), 0) << c.component();
+      EXPECT_FALSE(c.format().empty()) << c.component();
+      sum += c.bytes();
+      out[c.component()] = c;
+    }
+    EXPECT_EQ(sum, info.total_bytes());
+    return out;
+  };
+
+  const pb::ModelInfo plain = get();
+  auto p = by_component(plain);
+  ASSERT_EQ(p.size(), 4u);
+  for (const char* name : {"transformer", "text_encoder", "text_encoder_2", "vae"}) {
+    ASSERT_TRUE(p.count(name)) << name;
+  }
+  EXPECT_GT(p["transformer"].total_layers(), 0);
+  EXPECT_EQ(p["transformer"].quantized_layers(), 0);
+  auto scraped = Scrape(server_->metrics_port());
+  ASSERT_TRUE(scraped.ok()) << scraped.status();
+  for (const auto& [name, c] : p) {
+    EXPECT_EQ(scraped->Sum("fluxserve_model_memory_bytes",
+                           {{"model", "tiny-flux"}, {"component", name}, {"device", "cpu"}}),
+              static_cast<double>(c.bytes()))
+        << name;
+  }
+
+  {
+    grpc::ClientContext ctx;
+    SetTimeout(ctx, 120);
+    pb::SwapModelRequest req;
+    req.set_name("tiny-flux");
+    *req.mutable_spec() = Nf4();
+    pb::SwapModelResponse resp;
+    grpc::Status s = stub->SwapModel(&ctx, req, &resp);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+  }
+  auto q = by_component(get());
+  ASSERT_EQ(q.size(), 4u);
+  EXPECT_EQ(q["transformer"].quantized_layers(), p["transformer"].total_layers());
+  EXPECT_NE(q["transformer"].format().find("nf4"), std::string::npos) << q["transformer"].format();
+  EXPECT_LT(q["transformer"].bytes(), p["transformer"].bytes());
+  for (const char* name : {"text_encoder", "text_encoder_2", "vae"}) {
+    EXPECT_EQ(q[name].bytes(), p[name].bytes()) << name;
+    EXPECT_EQ(q[name].quantized_layers(), 0) << name;
+  }
+}
+
 }  // namespace fluxserve::integration
