@@ -36,13 +36,23 @@ Outcome classify(const absl::Status& st, bool queue_full) {
   }
 }
 
-// Why the call should stop, if it should: the client cancelled or the deadline passed.
-absl::Status call_stopped(const grpc::ServerContext& ctx) {
-  if (std::chrono::system_clock::now() >= ctx.deadline()) {
-    return absl::DeadlineExceededError("the request's deadline passed");
+// A client's own timer ends its call a little before the server's copy of the deadline does:
+// the server counts the timeout from when the request arrived. A cancellation seen this close
+// to the server's deadline is that timer, and is reported as the deadline it is.
+constexpr std::chrono::milliseconds kDeadlineSlack{500};
+
+// Why the call should stop, if it should: the deadline passed, or the client cancelled or went
+// away (`client_gone`: a write to it failed).
+absl::Status call_stopped(const grpc::ServerContext& ctx, bool client_gone = false) {
+  const auto now = std::chrono::system_clock::now();
+  const auto deadline = ctx.deadline();
+  if (now >= deadline) return absl::DeadlineExceededError("the request's deadline passed");
+  if (!client_gone && !ctx.IsCancelled()) return absl::OkStatus();
+  if (deadline - now <= kDeadlineSlack) {
+    return absl::DeadlineExceededError("the request's deadline passed (the client's timer ended it)");
   }
-  if (ctx.IsCancelled()) return absl::CancelledError("the client cancelled the request");
-  return absl::OkStatus();
+  return absl::CancelledError(client_gone ? "the client went away"
+                                          : "the client cancelled the request");
 }
 
 }  // namespace
@@ -125,7 +135,7 @@ grpc::Status ImageServiceImpl::Generate(grpc::ServerContext* ctx, const v1::Gene
     }
     if (d.done) break;
     if (stop.ok()) {
-      stop = client_gone ? absl::CancelledError("the client went away") : call_stopped(*ctx);
+      stop = call_stopped(*ctx, client_gone);
       if (!stop.ok()) {
         // Still waiting: leave the queue and end now. Running: the pipeline stops at the next
         // step; wait for it so the model lease and buffers are released before returning.
@@ -164,7 +174,7 @@ grpc::Status ImageServiceImpl::Generate(grpc::ServerContext* ctx, const v1::Gene
   }
   const int n = r.result().images_size();
   write(r);
-  if (client_gone) return finish(absl::CancelledError("the client went away before the result"));
+  if (client_gone) return finish(call_stopped(*ctx, /*client_gone=*/true));
   if (metrics_ != nullptr) metrics_->images_generated(m.name, n);
   return finish(absl::OkStatus());
 }
