@@ -4,6 +4,8 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <iostream>
+#include <map>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -17,6 +19,7 @@
 #include "engine/pipeline/model_dir.h"
 #include "engine/pipeline/scheduler.h"
 #include "engine/pipeline/torch_rng.h"
+#include "engine/quant/bnb_checkpoint.h"
 #include "engine/text/clip_tokenizer.h"
 #include "engine/text/t5_tokenizer.h"
 #include "kernels/ops.h"
@@ -194,37 +197,51 @@ absl::StatusOr<std::unique_ptr<FluxPipeline>> FluxPipeline::load(const std::stri
                     "text_encoder_2 vocab_size", c.text_encoder_2->config().vocab_size);
   }
 
+  // Pre-quantized (bitsandbytes) checkpoints were loaded as stored; a config naming one of them is
+  // ignored with diffusers' warning (engine/quant/bnb_checkpoint.h).
+  std::map<std::string, ComponentQuantPlan> plans;
+  std::vector<std::string> summary;
+  for (const auto& [name, cdir] : std::vector<std::pair<std::string, std::string>>{
+           {"text_encoder", te_dir}, {"text_encoder_2", te2_dir}, {"transformer", tr_dir},
+           {"vae", vae_dir}}) {
+    FLUX_ASSIGN_OR_RETURN(ComponentQuantPlan plan, plan_component_quant(cdir, name, quant));
+    if (!plan.warning.empty()) std::cerr << "warning: " << plan.warning << "\n";
+    if (plan.prequantized) {
+      summary.push_back(absl::StrCat(name, ": ", plan.prequantized->to_json().dump(),
+                                     " (pre-quantized checkpoint)"));
+    }
+    plans[name] = std::move(plan);
+  }
   if (quant != nullptr) {
     // Each model applies its library's skip rules; the summary names what each one converted.
-    std::vector<std::string> summary;
     auto report = [&](const char* name, const ComponentQuantConfig& cfg, size_t n) {
       summary.push_back(absl::StrCat(name, ": ", cfg.to_json().dump(), " (", n, " linear layers)"));
     };
     auto failed = [](const std::string& where, const absl::Status& s) {
       return absl::Status(s.code(), absl::StrCat(where, ": quantizing: ", s.message()));
     };
-    if (std::optional<ComponentQuantConfig> q = quant->resolve("text_encoder")) {
+    if (const std::optional<ComponentQuantConfig>& q = plans["text_encoder"].quantize_on_load) {
       absl::StatusOr<std::vector<std::string>> n = c.text_encoder->quantize(*q);
       if (!n.ok()) return failed(te_dir, n.status());
       report("text_encoder", *q, n->size());
     }
-    if (std::optional<ComponentQuantConfig> q = quant->resolve("text_encoder_2")) {
+    if (const std::optional<ComponentQuantConfig>& q = plans["text_encoder_2"].quantize_on_load) {
       absl::StatusOr<std::vector<std::string>> n = c.text_encoder_2->quantize(*q);
       if (!n.ok()) return failed(te2_dir, n.status());
       report("text_encoder_2", *q, n->size());
     }
-    if (std::optional<ComponentQuantConfig> tq = quant->resolve("transformer")) {
+    if (const std::optional<ComponentQuantConfig>& tq = plans["transformer"].quantize_on_load) {
       absl::StatusOr<int> n = c.transformer->quantize(*tq);
       if (!n.ok()) return failed(tr_dir, n.status());
       report("transformer", *tq, static_cast<size_t>(*n));
     }
-    if (std::optional<ComponentQuantConfig> q = quant->resolve("vae")) {
+    if (const std::optional<ComponentQuantConfig>& q = plans["vae"].quantize_on_load) {
       absl::StatusOr<std::vector<std::string>> n = c.vae->quantize(*q);
       if (!n.ok()) return failed(vae_dir, n.status());
       report("vae", *q, n->size());
     }
-    if (!summary.empty()) p->quantization_ = absl::StrJoin(summary, "; ");
   }
+  if (!summary.empty()) p->quantization_ = absl::StrJoin(summary, "; ");
   return p;
 }
 
