@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/core/status.h"
+#include "engine/models/component_quant.h"
 #include "kernels/ops.h"
 
 namespace fluxserve {
@@ -320,46 +321,55 @@ absl::StatusOr<Tensor> FluxTransformer2DModel::forward(const FluxTransformerInpu
 
 template <class F>
 void FluxTransformer2DModel::for_each_linear(F&& f) {
-  using Names = std::vector<std::string>;
-  f(x_embedder, Names{"x_embedder"});
-  f(context_embedder, Names{"context_embedder"});
+  using Parts = std::vector<LinearPart>;
+  // One upstream nn.Linear per Linear, except the stacked projections (q|k|v, and the single
+  // blocks' q|k|v|proj_mlp), which list their parts with their rows.
+  auto one = [](Linear& l, std::string name) { return Parts{{std::move(name), l.out_features()}}; };
+  const int64_t d = config_.inner_dim();
+  f(x_embedder, one(x_embedder, "x_embedder"));
+  f(context_embedder, one(context_embedder, "context_embedder"));
   for (auto [emb, name] : {std::pair{&timestep_embedder, "timestep_embedder"},
                            std::pair{&text_embedder, "text_embedder"}}) {
-    f(emb->linear_1, Names{absl::StrCat("time_text_embed.", name, ".linear_1")});
-    f(emb->linear_2, Names{absl::StrCat("time_text_embed.", name, ".linear_2")});
+    f(emb->linear_1, one(emb->linear_1, absl::StrCat("time_text_embed.", name, ".linear_1")));
+    f(emb->linear_2, one(emb->linear_2, absl::StrCat("time_text_embed.", name, ".linear_2")));
   }
   if (guidance_embedder) {
-    f(guidance_embedder->linear_1, Names{"time_text_embed.guidance_embedder.linear_1"});
-    f(guidance_embedder->linear_2, Names{"time_text_embed.guidance_embedder.linear_2"});
+    f(guidance_embedder->linear_1,
+      one(guidance_embedder->linear_1, "time_text_embed.guidance_embedder.linear_1"));
+    f(guidance_embedder->linear_2,
+      one(guidance_embedder->linear_2, "time_text_embed.guidance_embedder.linear_2"));
   }
   for (size_t i = 0; i < transformer_blocks.size(); ++i) {
     FluxTransformerBlock& b = transformer_blocks[i];
     const std::string p = absl::StrCat("transformer_blocks.", i, ".");
-    f(b.norm1_linear, Names{p + "norm1.linear"});
-    f(b.norm1_context_linear, Names{p + "norm1_context.linear"});
-    f(b.attn.to_qkv, Names{p + "attn.to_q", p + "attn.to_k", p + "attn.to_v"});
-    f(b.attn.add_qkv_proj, Names{p + "attn.add_q_proj", p + "attn.add_k_proj", p + "attn.add_v_proj"});
-    f(b.attn.to_out_0, Names{p + "attn.to_out.0"});
-    f(b.attn.to_add_out, Names{p + "attn.to_add_out"});
-    f(b.ff.net_0_proj, Names{p + "ff.net.0.proj"});
-    f(b.ff.net_2, Names{p + "ff.net.2"});
-    f(b.ff_context.net_0_proj, Names{p + "ff_context.net.0.proj"});
-    f(b.ff_context.net_2, Names{p + "ff_context.net.2"});
+    f(b.norm1_linear, one(b.norm1_linear, p + "norm1.linear"));
+    f(b.norm1_context_linear, one(b.norm1_context_linear, p + "norm1_context.linear"));
+    f(b.attn.to_qkv, Parts{{p + "attn.to_q", d}, {p + "attn.to_k", d}, {p + "attn.to_v", d}});
+    f(b.attn.add_qkv_proj,
+      Parts{{p + "attn.add_q_proj", d}, {p + "attn.add_k_proj", d}, {p + "attn.add_v_proj", d}});
+    f(b.attn.to_out_0, one(b.attn.to_out_0, p + "attn.to_out.0"));
+    f(b.attn.to_add_out, one(b.attn.to_add_out, p + "attn.to_add_out"));
+    f(b.ff.net_0_proj, one(b.ff.net_0_proj, p + "ff.net.0.proj"));
+    f(b.ff.net_2, one(b.ff.net_2, p + "ff.net.2"));
+    f(b.ff_context.net_0_proj, one(b.ff_context.net_0_proj, p + "ff_context.net.0.proj"));
+    f(b.ff_context.net_2, one(b.ff_context.net_2, p + "ff_context.net.2"));
   }
   for (size_t i = 0; i < single_transformer_blocks.size(); ++i) {
     FluxSingleTransformerBlock& b = single_transformer_blocks[i];
     const std::string p = absl::StrCat("single_transformer_blocks.", i, ".");
-    f(b.norm_linear, Names{p + "norm.linear"});
-    f(b.attn.to_qkv, Names{p + "attn.to_q", p + "attn.to_k", p + "attn.to_v", p + "proj_mlp"});
-    f(b.proj_out, Names{p + "proj_out"});
+    f(b.norm_linear, one(b.norm_linear, p + "norm.linear"));
+    f(b.attn.to_qkv, Parts{{p + "attn.to_q", d},
+                           {p + "attn.to_k", d},
+                           {p + "attn.to_v", d},
+                           {p + "proj_mlp", b.attn.to_qkv.out_features() - 3 * d}});
+    f(b.proj_out, one(b.proj_out, p + "proj_out"));
   }
-  f(norm_out_linear, Names{"norm_out.linear"});
-  f(proj_out, Names{"proj_out"});
+  f(norm_out_linear, one(norm_out_linear, "norm_out.linear"));
+  f(proj_out, one(proj_out, "proj_out"));
 }
 
 absl::StatusOr<int> FluxTransformer2DModel::quantize(const ComponentQuantConfig& cfg) {
   int count = 0;
-  absl::Status status;
   if (cfg.backend == QuantBackend::kGguf) {
     // GGUFQuantizer only takes pre-quantized GGUF weights; it never quantizes a checkpoint.
     if (gguf_file_.empty()) {
@@ -367,37 +377,34 @@ absl::StatusOr<int> FluxTransformer2DModel::quantize(const ComponentQuantConfig&
           "quant_backend 'gguf' needs the transformer's weights in a .gguf file (see "
           "FluxTransformer2DModel::load_gguf); this model was loaded from safetensors");
     }
-    for_each_linear([&](Linear& l, const std::vector<std::string>&) { count += l.quantized != nullptr; });
+    for_each_linear([&](Linear& l, const std::vector<LinearPart>&) { count += l.quantized != nullptr; });
     return count;
   }
-  for_each_linear([&](Linear& l, const std::vector<std::string>& names) {
-    if (!status.ok()) return;
-    for (const std::string& n : names) {
-      if (quant_skips_module(cfg, n)) return;
-    }
-    absl::StatusOr<bool> q = l.quantize(cfg, names.front());
-    if (!q.ok()) {
-      status = q.status();
-    } else {
-      count += *q;
-    }
+  // A diffusers model: diffusers' quantizers pick the layers (FluxTransformer2DModel keeps no
+  // modules in fp32), each upstream nn.Linear on its own, so a stacked q|k|v is quantized part by
+  // part exactly as the separate modules are.
+  FLUX_ASSIGN_OR_RETURN(ComponentQuantizer quantizer,
+                        ComponentQuantizer::create(cfg, UpstreamQuantTraits{}, "transformer"));
+  absl::Status status;
+  for_each_linear([&](Linear& l, const std::vector<LinearPart>& parts) {
+    if (status.ok()) status = quantizer.quantize(l, parts);
   });
-  if (!status.ok()) return status;
-  return count;
+  FLUX_RETURN_IF_ERROR(status);
+  return static_cast<int>(quantizer.converted().size());
 }
 
 int64_t FluxTransformer2DModel::weight_bytes() const {
   int64_t total = 0;
   const_cast<FluxTransformer2DModel*>(this)->for_each_linear(
-      [&](Linear& l, const std::vector<std::string>&) { total += l.nbytes(); });
+      [&](Linear& l, const std::vector<LinearPart>&) { total += l.nbytes(); });
   return total;
 }
 
 ModelMemory FluxTransformer2DModel::memory() const {
   MemoryTally t;
   const_cast<FluxTransformer2DModel*>(this)->for_each_linear(
-      [&](Linear& l, const std::vector<std::string>& names) {
-        t.linear(l, static_cast<int>(names.size()));
+      [&](Linear& l, const std::vector<LinearPart>& parts) {
+        t.linear(l, static_cast<int>(parts.size()));
       });
   for (const FluxTransformerBlock& b : transformer_blocks) {
     for (const Tensor* n : {&b.attn.norm_q, &b.attn.norm_k, &b.attn.norm_added_q, &b.attn.norm_added_k})

@@ -86,18 +86,18 @@ class FluxTransformer2DModel {
   // The GGUF file the weights came from; empty when loaded from safetensors.
   const std::string& gguf_file() const { return gguf_file_; }
 
-  // Quantize-on-load: every Linear (diffusers quantizes nn.Linear layers only) not exempted by
-  // the config's skip list. Stacked projections are quantized as one weight, under the name of
-  // their first part (e.g. `transformer_blocks.0.attn.to_q`); a skip entry naming any part keeps
-  // the whole stack unquantized. Row- and group-wise formats give the same codes as quantizing
-  // the parts one by one; per-tensor float8 gets one scale for the stack where diffusers has one
-  // per part. Returns the number of layers quantized. With the gguf backend nothing is quantized
-  // here: a model from_gguf reports its layers already in ggml blocks, any other fails.
+  // Quantize-on-load as diffusers does it: every nn.Linear its quantizer's skip rules do not
+  // exempt (engine/models/component_quant.h, diffusers' rules; FluxTransformer2DModel keeps no
+  // modules in fp32). Stacked projections are quantized part by part (PartwiseLinearWeight), so
+  // double quant and per-tensor float8 scales are those of the separate modules, and a skipped
+  // part stays dense. Returns the number of upstream layers quantized. With the gguf backend
+  // nothing is quantized here: a model from_gguf reports its layers already in ggml blocks, any
+  // other fails.
   absl::StatusOr<int> quantize(const ComponentQuantConfig& cfg);
   // Bytes held by the Linear layers' weights and biases (quantized forms where quantized).
   int64_t weight_bytes() const;
   // Bytes held by every tensor (Linear layers, attention norms), with the Linear layer counts
-  // (a stack quantized as one counts all its parts).
+  // (a stacked Linear counts each of its parts).
   ModelMemory memory() const;
 
   // Multiply-adds of one forward pass for a batch of 1, for GFLOP/s reporting.
@@ -116,7 +116,7 @@ class FluxTransformer2DModel {
   std::vector<std::string> unused_keys_;
   std::string gguf_file_;
 
-  // Every Linear with its diffusers module name(s); stacked layers list all their parts.
+  // Every Linear with its diffusers module(s) and their rows; stacked layers list all their parts.
   template <class F>
   void for_each_linear(F&& f);
 };

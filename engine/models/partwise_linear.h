@@ -1,7 +1,9 @@
 // A stacked Linear (q|k|v, T5's wi_0|wi_1) quantized part by part, as upstream quantizes the
 // separate nn.Linear modules: per-part codes and scales (bitsandbytes double quant and per-tensor
 // float8 scales depend on the whole tensor, so quantizing the stack as one would differ), and a
-// part a skip list exempts stays dense. The forward runs each part and interleaves the columns.
+// part a skip list exempts stays dense. Quantize-on-load (ComponentQuantizer) and pre-quantized
+// checkpoints (stack_linears over the loaded parts) both build it. The forward runs each part
+// and interleaves the columns.
 #pragma once
 
 #include <memory>
@@ -17,7 +19,7 @@ class PartwiseLinearWeight final : public QuantizedLinearWeight {
   struct Part {
     int64_t rows = 0;                                   // out features of this part
     std::shared_ptr<const QuantizedLinearWeight> quantized;  // or, when null:
-    Tensor dense;                                       // [rows, K], stored dtype (own copy)
+    Tensor dense;  // [rows, K], stored dtype: its own copy, or a view of the mapped checkpoint
   };
   PartwiseLinearWeight(std::vector<Part> parts, int64_t in_features);
 

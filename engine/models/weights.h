@@ -28,9 +28,6 @@ struct Linear {
   int64_t quantized_out = 0, quantized_in = 0;  // the weight's shape while `weight` is undefined
   // x: [..., in] -> [..., out]
   Tensor operator()(const Tensor& x) const;
-  // Replaces the weight by its quantized form as `cfg` says, unless `module` (the diffusers
-  // module name, for error messages and skip lists) is exempt. Returns whether it was quantized.
-  absl::StatusOr<bool> quantize(const ComponentQuantConfig& cfg, const std::string& module);
   // Bytes held by the weight (quantized form when quantized) and the bias.
   int64_t nbytes() const;
   int64_t out_features() const { return weight.defined() ? weight.size(0) : quantized_out; }
@@ -40,8 +37,9 @@ struct Linear {
 // Several linears over the same input stacked row-wise into one [sum(out), in] layer, so one GEMM
 // computes them all (q, k, v and the single blocks' MLP input). A copy, in the parts' common
 // dtype (f32 when they differ). Biases must be all present or all absent. When any part is
-// quantized (pre-quantized checkpoints) nothing is copied: the stack keeps the parts and runs one
-// product per part into the stacked output columns.
+// quantized (pre-quantized checkpoints) the weights are not copied: the stack is a
+// PartwiseLinearWeight over the parts (one product per part into its output columns), with the
+// parts' biases stacked.
 Linear stack_linears(const std::vector<const Linear*>& parts);
 
 // Model::load(dir) for every component: <dir>/config.json parsed by Config::from_json(json, path),

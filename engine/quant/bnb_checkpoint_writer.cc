@@ -10,6 +10,7 @@
 #include "engine/core/status.h"
 #include "engine/io/checkpoint.h"
 #include "engine/io/safetensors_writer.h"
+#include "engine/models/component_quant.h"
 #include "engine/quant/bnb_checkpoint.h"
 #include "engine/quant/bnb_formats.h"
 #include "engine/quant/quantized_linear.h"
@@ -64,6 +65,9 @@ absl::StatusOr<BnbWriteStats> write_bnb_transformer(const std::string& src_dir,
   FLUX_ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsStreamWriter> out,
                         SafetensorsStreamWriter::create(
                             dst_dir + "/diffusion_pytorch_model.safetensors"));
+  // diffusers' bitsandbytes quantizer picks the layers (FluxTransformer2DModel keeps none in fp32).
+  FLUX_ASSIGN_OR_RETURN(ComponentQuantizer quantizer,
+                        ComponentQuantizer::create(cfg, UpstreamQuantTraits{}, "transformer"));
   BnbWriteStats stats;
   for (const std::string& key : store.keys()) {
     FLUX_ASSIGN_OR_RETURN(Tensor t, store.get(key));
@@ -71,7 +75,7 @@ absl::StatusOr<BnbWriteStats> write_bnb_transformer(const std::string& src_dir,
     const bool linear_weight =
         absl::EndsWith(key, ".weight") && t.dim() == 2 && dtype_is_float(t.dtype());
     const std::string module = key.substr(0, key.size() - std::string(".weight").size());
-    if (!linear_weight || quant_skips_module(cfg, module)) {
+    if (!linear_weight || !quantizer.converts(module)) {
       FLUX_RETURN_IF_ERROR(out->add(key, t));
       continue;
     }

@@ -145,20 +145,4 @@ absl::StatusOr<std::shared_ptr<const QuantizedLinearWeight>> quantize_linear_wei
   return absl::InternalError("unknown quantization backend");
 }
 
-bool quant_skips_module(const ComponentQuantConfig& cfg, const std::string& module) {
-  if (cfg.backend == QuantBackend::kBitsAndBytes4bit ||
-      cfg.backend == QuantBackend::kBitsAndBytes8bit) {
-    if (!cfg.llm_int8_skip_modules) return false;
-    for (const std::string& k : *cfg.llm_int8_skip_modules) {
-      if (module.find(k) != std::string::npos) return true;
-    }
-    return false;
-  }
-  if (!cfg.modules_to_not_convert) return false;
-  for (const std::string& k : *cfg.modules_to_not_convert) {
-    if (module == k || module.rfind(k + ".", 0) == 0) return true;
-  }
-  return false;
-}
-
 }  // namespace fluxserve

@@ -28,9 +28,5 @@ class QuantizedLinearWeight {
 absl::StatusOr<std::shared_ptr<const QuantizedLinearWeight>> quantize_linear_weight(
     const Tensor& w, const ComponentQuantConfig& cfg, const std::string& module);
 
-// Whether `module` (a diffusers module name such as "transformer_blocks.0.attn.to_q") stays
-// unquantized: bitsandbytes' llm_int8_skip_modules match as substrings of the dotted name
-// (replace_with_bnb_linear), torchao's modules_to_not_convert as the name or a dotted prefix.
-bool quant_skips_module(const ComponentQuantConfig& cfg, const std::string& module);
 
 }  // namespace fluxserve

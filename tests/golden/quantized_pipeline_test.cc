@@ -5,10 +5,15 @@
 // bnb_golden_test.cc and torchao_golden_test.cc; this proves the wiring (which layers, skips).
 #include <gtest/gtest.h>
 
+#include <stdlib.h>
+
 #include <cmath>
+#include <cstring>
+#include <filesystem>
 #include <map>
 
 #include "engine/pipeline/flux_pipeline.h"
+#include "engine/quant/bnb_checkpoint_writer.h"
 #include "tests/golden/golden_util.h"
 
 namespace fluxserve {
@@ -214,6 +219,51 @@ TEST(QuantizedPipeline, GgufOnlyQuantizesTheTransformer) {
   auto te = PipelineQuantConfig::from_json(
       {{"quant_mapping", {{"text_encoder_2", {{"quant_backend", "gguf"}}}}}}, "spec.json");
   EXPECT_FALSE(te.ok());
+}
+
+// A pipeline whose transformer was saved pre-quantized (nf4, as `fluxserve quantize` writes it)
+// loads as stored; a config that also names the transformer is ignored with diffusers' warning,
+// and the run is bit-identical to quantizing nf4 on load (the same packed bytes).
+TEST(QuantizedPipeline, PrequantizedTransformerIgnoresAGivenConfig) {
+  namespace fs = std::filesystem;
+  std::string dir = ::testing::TempDir() + "/prequant_XXXXXX";
+  ASSERT_NE(mkdtemp(dir.data()), nullptr);
+  for (const auto& e : fs::directory_iterator(default_model())) {
+    if (e.path().filename() != "transformer") {
+      fs::create_symlink(fs::absolute(e.path()), fs::path(dir) / e.path().filename());
+    }
+  }
+  auto nf4 = PipelineQuantConfig::from_json(
+      {{"quant_mapping",
+        {{"transformer",
+          {{"quant_backend", "bitsandbytes_4bit"}, {"load_in_4bit", true},
+           {"bnb_4bit_quant_type", "nf4"}}}}}},
+      "nf4.json");
+  ASSERT_TRUE(nf4.ok()) << nf4.status();
+  auto written = write_bnb_transformer(default_model() + "/transformer", dir + "/transformer",
+                                       *nf4->resolve("transformer"));
+  ASSERT_TRUE(written.ok()) << written.status();
+
+  auto int8 = PipelineQuantConfig::from_json(
+      {{"quant_mapping", {{"transformer", {{"quant_backend", "torchao"}, {"quant_type", "int8wo"}}}}}},
+      "int8.json");
+  ASSERT_TRUE(int8.ok());
+  auto pre = FluxPipeline::load(dir, &*int8);
+  ASSERT_TRUE(pre.ok()) << pre.status();
+  const std::string q = (*pre)->quantization();
+  EXPECT_NE(q.find("pre-quantized checkpoint"), std::string::npos) << q;
+  EXPECT_NE(q.find("nf4"), std::string::npos) << q;
+  EXPECT_EQ(q.find("int8wo"), std::string::npos) << q;
+
+  auto on_load = FluxPipeline::load(default_model(), &*nf4);
+  ASSERT_TRUE(on_load.ok()) << on_load.status();
+  EXPECT_EQ((*pre)->transformer_linear_bytes(), (*on_load)->transformer_linear_bytes());
+  auto a = (*pre)->generate(request());
+  auto b = (*on_load)->generate(request());
+  ASSERT_TRUE(a.ok() && b.ok()) << a.status() << b.status();
+  ASSERT_EQ(a->latents.nbytes(), b->latents.nbytes());
+  EXPECT_EQ(std::memcmp(a->latents.raw(), b->latents.raw(), a->latents.nbytes()), 0);
+  fs::remove_all(dir);
 }
 
 }  // namespace
