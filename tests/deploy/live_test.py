@@ -536,14 +536,5 @@ class Live(unittest.TestCase):
         self.assertLess(time.monotonic() - t0, 10, "an idle server should not use its drain budget")
 
 
-def server_built():
-    """False only when this fluxserve predates `serve` (ctest then reports the test skipped)."""
-    r = subprocess.run([FLUXSERVE, "serve", "--help"], capture_output=True, text=True, timeout=30)
-    return "unknown command 'serve'" not in r.stdout + r.stderr
-
-
 if __name__ == "__main__":
-    if os.path.exists(FLUXSERVE) and not server_built():
-        print(f"SKIP: {FLUXSERVE} has no `serve` command yet")
-        sys.exit(77)
     unittest.main(verbosity=2)
