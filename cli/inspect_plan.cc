@@ -28,7 +28,8 @@ absl::Status add_budgets(const Args& a, PlacementSpec& spec) {
       MapDevice d{MapDevice::kCuda, next};
       if (kv.size() == 2) {
         FLUX_ASSIGN_OR_RETURN(d, parse_device(kv[0], "--gpu-memory"));
-        if (!d.is_gpu()) return absl::InvalidArgumentError("--gpu-memory: '" + kv[0] + "' is not a GPU");
+        if (!d.is_gpu())
+          return absl::InvalidArgumentError("--gpu-memory: '" + kv[0] + "' is not a GPU");
       }
       FLUX_ASSIGN_OR_RETURN(int64_t bytes, parse_size(kv.back(), "--gpu-memory"));
       spec.max_memory[d] = bytes;  // the flag overrides the file's budget for that GPU
@@ -57,21 +58,30 @@ nlohmann::json to_json(const std::string& model, const Plan& p) {
   for (const ComponentPlan& c : p.components) {
     nlohmann::json map = nlohmann::json::array();
     for (const auto& [m, d] : c.device_map) map.push_back({m, d.name()});
-    comps.push_back({{"component", c.component}, {"format", c.format}, {"device_map", c.how},
-                     {"offload", c.offload.name()}, {"exec_device", c.exec.name()},
-                     {"bytes", c.bytes}, {"resident", devmap(c.resident)},
+    comps.push_back({{"component", c.component},
+                     {"format", c.format},
+                     {"device_map", c.how},
+                     {"offload", c.offload.name()},
+                     {"exec_device", c.exec.name()},
+                     {"bytes", c.bytes},
+                     {"resident", devmap(c.resident)},
                      {"onload_peak_bytes", c.onload_peak},
                      {"streamed_per_forward_bytes", c.streamed_per_forward},
-                     {"onloaded_once_bytes", c.onloaded_once}, {"hf_device_map", map},
+                     {"onloaded_once_bytes", c.onloaded_once},
+                     {"hf_device_map", map},
                      {"notes", c.notes}});
   }
   for (const PlannedUnit& u : p.units) {
-    units.push_back({{"module", absl::StrCat(u.component, ".", u.module)}, {"device", u.device.name()},
+    units.push_back({{"module", absl::StrCat(u.component, ".", u.module)},
+                     {"device", u.device.name()},
                      {"bytes", u.bytes}});
   }
-  return {{"model", model},          {"components", comps},
-          {"modules", units},        {"resident_bytes", devmap(p.resident)},
-          {"peak_bytes", devmap(p.peak)}, {"max_memory", devmap(p.budget)},
+  return {{"model", model},
+          {"components", comps},
+          {"modules", units},
+          {"resident_bytes", devmap(p.resident)},
+          {"peak_bytes", devmap(p.peak)},
+          {"max_memory", devmap(p.budget)},
           {"streamed_per_step_bytes", p.streamed_per_step},
           {"streamed_per_image_bytes", p.streamed_per_image}};
 }
@@ -87,11 +97,13 @@ void print_plan(const std::string& model, const Plan& p) {
   absl::StrAppend(&head, absl::StrFormat(" %12s %14s", "onload peak", "streamed/fwd"));
   std::printf("%s\n", head.c_str());
   for (const ComponentPlan& c : p.components) {
-    std::string row = absl::StrFormat("%-15s %-16s %-24s %-7s %11s", c.component, c.how, c.offload.name(),
-                                      c.exec.name(), format_bytes(c.bytes));
-    for (const MapDevice& d : devices) absl::StrAppend(&row, absl::StrFormat(" %11s", cell(c.resident, d)));
-    absl::StrAppend(&row, absl::StrFormat(" %12s %14s", c.onload_peak ? format_bytes(c.onload_peak) : "-",
-                                          c.streamed_per_forward ? format_bytes(c.streamed_per_forward) : "-"));
+    std::string row = absl::StrFormat("%-15s %-16s %-24s %-7s %11s", c.component, c.how,
+                                      c.offload.name(), c.exec.name(), format_bytes(c.bytes));
+    for (const MapDevice& d : devices)
+      absl::StrAppend(&row, absl::StrFormat(" %11s", cell(c.resident, d)));
+    absl::StrAppend(
+        &row, absl::StrFormat(" %12s %14s", c.onload_peak ? format_bytes(c.onload_peak) : "-",
+                              c.streamed_per_forward ? format_bytes(c.streamed_per_forward) : "-"));
     std::printf("%s\n", row.c_str());
   }
   std::printf("\n%-8s %12s %12s %12s\n", "device", "resident", "peak", "max_memory");
@@ -103,23 +115,29 @@ void print_plan(const std::string& model, const Plan& p) {
               format_bytes(p.streamed_per_step).c_str());
   std::printf("streamed once per image (text encoders, VAE, model offload):  %s\n",
               format_bytes(p.streamed_per_image).c_str());
-  std::printf("(weights only: activations and workspaces come on top)\n\nmodules (accelerate's hf_device_map form):\n");
+  std::printf(
+      "(weights only: activations and workspaces come on top)\n\nmodules (accelerate's "
+      "hf_device_map form):\n");
   for (const ComponentPlan& c : p.components) {
     for (const auto& [m, d] : c.device_map) {
       int64_t bytes = 0;
       for (const PlannedUnit& u : p.units) {
-        if (u.component == c.component && (m.empty() || u.module == m || u.module.starts_with(m + "."))) bytes += u.bytes;
+        if (u.component == c.component &&
+            (m.empty() || u.module == m || u.module.starts_with(m + ".")))
+          bytes += u.bytes;
       }
       std::printf("  %-52s %-7s %11s\n", (m.empty() ? c.component : c.component + "." + m).c_str(),
                   d.name().c_str(), format_bytes(bytes).c_str());
     }
-    for (const std::string& n : c.notes) std::printf("  note: %s: %s\n", c.component.c_str(), n.c_str());
+    for (const std::string& n : c.notes)
+      std::printf("  note: %s: %s\n", c.component.c_str(), n.c_str());
   }
 }
 
 }  // namespace
 
-absl::Status inspect_plan(const Args& a, const std::string& model, const PipelineQuantConfig* quant) {
+absl::Status inspect_plan(const Args& a, const std::string& model,
+                          const PipelineQuantConfig* quant) {
   PlacementSpec spec;
   if (a.has("placement")) {
     const std::string path = *a.str("placement");
@@ -130,8 +148,10 @@ absl::Status inspect_plan(const Args& a, const std::string& model, const Pipelin
   }
   FLUX_RETURN_IF_ERROR(add_budgets(a, spec));
   // The GPU form: every tensor in the load dtype (bf16), as diffusers loads FLUX.
-  FLUX_ASSIGN_OR_RETURN(auto inventory, pipeline_inventory(model, quant, DType::kBF16, DType::kBF16));
-  FLUX_ASSIGN_OR_RETURN(Plan plan, plan_placement(inventory, spec, a.str_or("placement", "placement")));
+  FLUX_ASSIGN_OR_RETURN(auto inventory,
+                        pipeline_inventory(model, quant, DType::kBF16, DType::kBF16));
+  FLUX_ASSIGN_OR_RETURN(Plan plan,
+                        plan_placement(inventory, spec, a.str_or("placement", "placement")));
   if (a.has("json")) {
     std::cout << to_json(model, plan).dump(2) << "\n";
   } else {

@@ -11,6 +11,7 @@ namespace fluxserve::cli {
 
 // Plans `model`'s placement from --placement (a Placement JSON) and/or --gpu-memory /
 // --cpu-memory budgets and prints it (--json: as JSON). Reads only the components' config.json.
-absl::Status inspect_plan(const Args& a, const std::string& model, const PipelineQuantConfig* quant);
+absl::Status inspect_plan(const Args& a, const std::string& model,
+                          const PipelineQuantConfig* quant);
 
 }  // namespace fluxserve::cli

@@ -90,11 +90,12 @@ DeviceBudget balanced_memory(const ComponentInventory& inv, const DeviceBudget& 
     leaf_count += u.leaf_modules;
     leaf_bytes += u.leaf_bytes;
     if (!u.block) continue;
-    const std::string list = u.name.substr(0, u.name.rfind('.') == std::string::npos ? 0 : u.name.rfind('.'));
+    const std::string list =
+        u.name.substr(0, u.name.rfind('.') == std::string::npos ? 0 : u.name.rfind('.'));
     if (seen.insert(list).second) block = std::max(block, u.bytes);
   }
-  const int64_t mean_leaves =
-      static_cast<int64_t>(static_cast<double>(leaf_bytes) / static_cast<double>(std::max<int64_t>(leaf_count, 1)));
+  const int64_t mean_leaves = static_cast<int64_t>(
+      static_cast<double>(leaf_bytes) / static_cast<double>(std::max<int64_t>(leaf_count, 1)));
   per_gpu += static_cast<int64_t>(1.25 * static_cast<double>(std::max(block, mean_leaves)));
   // Every GPU but the last gets min(per_gpu, its budget); the last keeps its budget as a spill.
   const int64_t first_budget = mm[gpus[0]];
@@ -120,7 +121,7 @@ AutoDeviceMap infer_auto_device_map(const ComponentInventory& inv, const DeviceB
   main_devices.push_back(MapDevice{MapDevice::kCpu, 0});
 
   AutoDeviceMap out;
-  std::map<std::string, MapDevice> node_device;        // accelerate's device_map before cleaning
+  std::map<std::string, MapDevice> node_device;          // accelerate's device_map before cleaning
   std::vector<std::pair<std::string, MapDevice>> order;  // the same in insertion order
   std::vector<std::string> todo = tree.children("");
   size_t current = 0;
@@ -193,7 +194,8 @@ AutoDeviceMap infer_auto_device_map(const ComponentInventory& inv, const DeviceB
     ++current;
     todo.insert(todo.begin(), name);
   }
-  for (auto it = used.begin(); it != used.end();) it = it->second > 0 ? std::next(it) : used.erase(it);
+  for (auto it = used.begin(); it != used.end();)
+    it = it->second > 0 ? std::next(it) : used.erase(it);
 
   for (const ModuleUnit& u : inv.units) {
     // The deepest assigned node containing the unit (nodes are disjoint, so exactly one).
@@ -235,7 +237,8 @@ std::vector<std::pair<std::string, MapDevice>> clean_device_map(
 std::map<std::string, MapDevice> assign_components_to_devices(
     const std::vector<std::pair<std::string, int64_t>>& sizes, const DeviceBudget& gpu_budget) {
   std::vector<std::pair<std::string, int64_t>> comps = sizes;
-  std::stable_sort(comps.begin(), comps.end(), [](auto& a, auto& b) { return a.second > b.second; });
+  std::stable_sort(comps.begin(), comps.end(),
+                   [](auto& a, auto& b) { return a.second > b.second; });
   std::vector<std::pair<MapDevice, int64_t>> gpus;
   for (const auto& [d, v] : gpu_budget) {
     if (d.is_gpu()) gpus.emplace_back(d, v);

@@ -26,13 +26,15 @@ class Builder {
   absl::Status init(const UpstreamQuantTraits& traits) {
     if (!form_.quant) return absl::OkStatus();
     const ComponentQuantConfig& q = *form_.quant;
-    if (q.backend != QuantBackend::kBitsAndBytes4bit && q.backend != QuantBackend::kBitsAndBytes8bit) {
+    if (q.backend != QuantBackend::kBitsAndBytes4bit &&
+        q.backend != QuantBackend::kBitsAndBytes8bit) {
       return absl::UnimplementedError(absl::StrCat(
           inv_.component, ": planning from config.json sizes bitsandbytes 4/8-bit only; ",
           q.to_json().value("quant_method", "this backend"),
           " sizes need the loaded model (fluxserve inspect without --placement)"));
     }
-    FLUX_ASSIGN_OR_RETURN(ComponentQuantizer qz, ComponentQuantizer::create(q, traits, inv_.component));
+    FLUX_ASSIGN_OR_RETURN(ComponentQuantizer qz,
+                          ComponentQuantizer::create(q, traits, inv_.component));
     quantizer_.emplace(std::move(qz));
     inv_.bnb_fp32_cpu_offload = q.llm_int8_enable_fp32_cpu_offload;
     return absl::OkStatus();
@@ -76,8 +78,9 @@ class Builder {
         // nested one): the tensors engine/quant/bnb_formats.h keeps.
         const int64_t blocks = ceil_div(n, 64);
         stored = (n + 1) / 2 + 16 * 4;
-        stored += form_.quant->bnb_4bit_use_double_quant ? blocks + ceil_div(blocks, 256) * 4 + 256 * 4
-                                                         : blocks * 4;
+        stored += form_.quant->bnb_4bit_use_double_quant
+                      ? blocks + ceil_div(blocks, 256) * 4 + 256 * 4
+                      : blocks * 4;
       } else {
         stored = n + out * 4;  // Int8Params CB [out, in] int8 + SCB [out] float32
       }
@@ -139,7 +142,8 @@ class Builder {
   int quantized_ = 0;
 };
 
-ComponentInventory header(std::string component, std::string cls, std::vector<std::string> no_split) {
+ComponentInventory header(std::string component, std::string cls,
+                          std::vector<std::string> no_split) {
   ComponentInventory inv;
   inv.component = std::move(component);
   inv.model_class = std::move(cls);
@@ -148,8 +152,14 @@ ComponentInventory header(std::string component, std::string cls, std::vector<st
 }
 
 // A LayerNorm with affine weight and bias / an RMSNorm with a weight.
-void layer_norm(Builder& b, int64_t n) { b.vec(2 * n); b.end_leaf(); }
-void rms_norm(Builder& b, int64_t n) { b.vec(n); b.end_leaf(); }
+void layer_norm(Builder& b, int64_t n) {
+  b.vec(2 * n);
+  b.end_leaf();
+}
+void rms_norm(Builder& b, int64_t n) {
+  b.vec(n);
+  b.end_leaf();
+}
 
 }  // namespace
 
@@ -232,7 +242,8 @@ absl::StatusOr<ComponentInventory> flux_transformer_inventory(const FluxTransfor
   return b.finish();
 }
 
-absl::StatusOr<ComponentInventory> t5_encoder_inventory(const T5Config& c, const StorageForm& form) {
+absl::StatusOr<ComponentInventory> t5_encoder_inventory(const T5Config& c,
+                                                        const StorageForm& form) {
   // transformers T5EncoderModel: shared, encoder{embed_tokens (tied to shared), block,
   // final_layer_norm, dropout}; _no_split_modules = ["T5Block"].
   Builder b(header("text_encoder_2", "T5EncoderModel", {"T5Block"}), form);
@@ -245,7 +256,8 @@ absl::StatusOr<ComponentInventory> t5_encoder_inventory(const T5Config& c, const
   for (int64_t i = 0; i < c.num_layers; ++i) {
     const std::string p = absl::StrCat("encoder.block.", i, ".layer.");
     b.unit(absl::StrCat("encoder.block.", i), /*block=*/true);
-    for (const char* n : {"q", "k", "v"}) b.linear(absl::StrCat(p, "0.SelfAttention.", n), c.d_model, inner, false);
+    for (const char* n : {"q", "k", "v"})
+      b.linear(absl::StrCat(p, "0.SelfAttention.", n), c.d_model, inner, false);
     b.linear(p + "0.SelfAttention.o", inner, c.d_model, false);
     if (i == 0) {  // only the first block has the relative position table (an nn.Embedding)
       b.dense(c.relative_attention_num_buckets * c.num_heads);
@@ -346,8 +358,9 @@ absl::StatusOr<ComponentInventory> vae_decoder_inventory(const AutoencoderKLConf
   return b.finish();
 }
 
-absl::StatusOr<std::vector<ComponentInventory>> pipeline_inventory(
-    const std::string& dir, const PipelineQuantConfig* quant, DType weight, DType small) {
+absl::StatusOr<std::vector<ComponentInventory>> pipeline_inventory(const std::string& dir,
+                                                                   const PipelineQuantConfig* quant,
+                                                                   DType weight, DType small) {
   namespace fs = std::filesystem;
   std::vector<ComponentInventory> out;
   for (const char* component : {"text_encoder", "text_encoder_2", "transformer", "vae"}) {
@@ -375,7 +388,8 @@ absl::StatusOr<std::vector<ComponentInventory>> pipeline_inventory(
     }
   }
   if (out.empty()) {
-    return absl::NotFoundError(absl::StrCat(dir, ": no transformer/, text_encoder/, text_encoder_2/ "
+    return absl::NotFoundError(absl::StrCat(dir,
+                                            ": no transformer/, text_encoder/, text_encoder_2/ "
                                             "or vae/ folder with a config.json"));
   }
   return out;

@@ -36,21 +36,22 @@ struct ModuleUnit {
   std::string name;
   int64_t bytes = 0;        // as stored (quantized where quantized)
   int64_t dense_bytes = 0;  // the same module left unconverted (llm_int8_enable_fp32_cpu_offload)
-  int64_t largest_leaf = 0; // the largest leaf module inside (what leaf-level offload moves at once)
+  int64_t largest_leaf =
+      0;  // the largest leaf module inside (what leaf-level offload moves at once)
   // Leaf modules holding tensors inside the unit and their bytes (get_balanced_memory's mean).
   int64_t leaf_modules = 0, leaf_bytes = 0;
-  bool block = false;       // an instance of one of the component's no-split classes
+  bool block = false;  // an instance of one of the component's no-split classes
   // The unit whose parameter this one shares (T5's encoder.embed_tokens -> shared): it holds no
   // bytes of its own and accelerate places it with the other.
   std::string tied_to;
 };
 
 struct ComponentInventory {
-  std::string component;                     // "transformer", "text_encoder", ...
-  std::string model_class;                   // "FluxTransformer2DModel", ...
+  std::string component;                      // "transformer", "text_encoder", ...
+  std::string model_class;                    // "FluxTransformer2DModel", ...
   std::vector<std::string> no_split_classes;  // the class's _no_split_modules
-  std::vector<ModuleUnit> units;             // in upstream registration (named_children) order
-  std::string format;                        // "bf16", "bitsandbytes nf4 (double quant) + bf16"
+  std::vector<ModuleUnit> units;              // in upstream registration (named_children) order
+  std::string format;                         // "bf16", "bitsandbytes nf4 (double quant) + bf16"
   bool quantized = false;
   bool bnb_fp32_cpu_offload = false;  // llm_int8_enable_fp32_cpu_offload was set
 
@@ -72,8 +73,9 @@ absl::StatusOr<ComponentInventory> vae_decoder_inventory(const AutoencoderKLConf
 // Every module component of a FluxPipeline folder from its <component>/config.json files, in
 // diffusers' model_cpu_offload_seq order (text_encoder, text_encoder_2, transformer, vae).
 // `quant` (optional) resolves per component as PipelineQuantizationConfig does.
-absl::StatusOr<std::vector<ComponentInventory>> pipeline_inventory(
-    const std::string& dir, const PipelineQuantConfig* quant, DType weight, DType small);
+absl::StatusOr<std::vector<ComponentInventory>> pipeline_inventory(const std::string& dir,
+                                                                   const PipelineQuantConfig* quant,
+                                                                   DType weight, DType small);
 
 // "cuda:0" style names and byte counts for messages: 12.00 GiB.
 std::string format_bytes(int64_t b);

@@ -42,7 +42,8 @@ absl::Status check_keys(const nlohmann::json& j, const std::vector<std::string>&
   if (!j.is_object()) return bad(field, absl::StrCat("must be an object, got ", j.dump()));
   for (const auto& [k, v] : j.items()) {
     if (std::find(known.begin(), known.end(), k) == known.end()) {
-      return bad(field, absl::StrCat("unknown key '", k, "' (known: ", absl::StrJoin(known, ", "), ")"));
+      return bad(field,
+                 absl::StrCat("unknown key '", k, "' (known: ", absl::StrJoin(known, ", "), ")"));
     }
   }
   return absl::OkStatus();
@@ -59,17 +60,23 @@ absl::StatusOr<OffloadPolicy> parse_offload(const nlohmann::json& j, const std::
   if (j.contains("offload_type")) {
     FLUX_ASSIGN_OR_RETURN(type, str_field(j["offload_type"], field + ".offload_type"));
   }
-  if (policy == "" || policy == "none") p.kind = OffloadPolicy::kNone;
-  else if (policy == "model") p.kind = OffloadPolicy::kModel;
-  else if (policy == "group") p.kind = OffloadPolicy::kGroup;
-  else if (policy == "sequential") p.kind = OffloadPolicy::kSequential;
-  else if (policy == "disk") p.kind = OffloadPolicy::kDisk;
+  if (policy == "" || policy == "none")
+    p.kind = OffloadPolicy::kNone;
+  else if (policy == "model")
+    p.kind = OffloadPolicy::kModel;
+  else if (policy == "group")
+    p.kind = OffloadPolicy::kGroup;
+  else if (policy == "sequential")
+    p.kind = OffloadPolicy::kSequential;
+  else if (policy == "disk")
+    p.kind = OffloadPolicy::kDisk;
   else {
     return bad(field + ".policy", absl::StrCat("unknown offload policy '", policy,
                                                "' (none, model, group, sequential, disk)"));
   }
   if (j.contains("num_blocks_per_group")) {
-    if (!j["num_blocks_per_group"].is_number_integer() || j["num_blocks_per_group"].get<int64_t>() < 1) {
+    if (!j["num_blocks_per_group"].is_number_integer() ||
+        j["num_blocks_per_group"].get<int64_t>() < 1) {
       return bad(field + ".num_blocks_per_group",
                  absl::StrCat("must be an integer >= 1, got ", j["num_blocks_per_group"].dump()));
     }
@@ -87,7 +94,8 @@ absl::StatusOr<OffloadPolicy> parse_offload(const nlohmann::json& j, const std::
   const bool grouped = p.kind == OffloadPolicy::kGroup || p.kind == OffloadPolicy::kDisk;
   if (!grouped && (p.num_blocks_per_group != 0 || p.use_stream || !type.empty())) {
     return bad(field, absl::StrCat("num_blocks_per_group, use_stream and offload_type apply to the "
-                                   "group and disk policies, not '", p.name(), "'"));
+                                   "group and disk policies, not '",
+                                   p.name(), "'"));
   }
   if (grouped && !p.leaf_level) {
     // diffusers apply_group_offloading: block_level needs num_blocks_per_group, and with
@@ -110,9 +118,12 @@ absl::StatusOr<OffloadPolicy> parse_offload(const nlohmann::json& j, const std::
 
 std::string MapDevice::name() const {
   switch (kind) {
-    case kCuda: return absl::StrCat("cuda:", index);
-    case kCpu: return "cpu";
-    case kDisk: return "disk";
+    case kCuda:
+      return absl::StrCat("cuda:", index);
+    case kCpu:
+      return "cpu";
+    case kDisk:
+      return "disk";
   }
   return "?";
 }
@@ -134,17 +145,23 @@ absl::StatusOr<MapDevice> parse_device(const std::string& s, const std::string& 
 
 absl::StatusOr<int64_t> parse_size(const std::string& in, const std::string& field) {
   const std::string s(absl::StripAsciiWhitespace(in));
-  static const std::vector<std::pair<std::string, double>> units = {
-      {"TIB", 1099511627776.0}, {"GIB", 1073741824.0}, {"MIB", 1048576.0}, {"KIB", 1024.0},
-      {"TB", 1e12},            {"GB", 1e9},           {"MB", 1e6},        {"KB", 1e3},
-      {"B", 1.0}};
+  static const std::vector<std::pair<std::string, double>> units = {{"TIB", 1099511627776.0},
+                                                                    {"GIB", 1073741824.0},
+                                                                    {"MIB", 1048576.0},
+                                                                    {"KIB", 1024.0},
+                                                                    {"TB", 1e12},
+                                                                    {"GB", 1e9},
+                                                                    {"MB", 1e6},
+                                                                    {"KB", 1e3},
+                                                                    {"B", 1.0}};
   const std::string upper = absl::AsciiStrToUpper(s);
   double scale = 1.0;
   std::string number = s;
   for (const auto& [suffix, mult] : units) {
     if (absl::EndsWith(upper, suffix)) {
       if (s.back() == 'b') {
-        return bad(field, absl::StrCat("'", s, "': sizes in bits are not accepted, write bytes (B)"));
+        return bad(field,
+                   absl::StrCat("'", s, "': sizes in bits are not accepted, write bytes (B)"));
       }
       scale = mult;
       number = s.substr(0, s.size() - suffix.size());
@@ -156,24 +173,32 @@ absl::StatusOr<int64_t> parse_size(const std::string& in, const std::string& fie
   const double v = number.empty() ? NAN : std::strtod(number.c_str(), &end);
   if (number.empty() || end != number.c_str() + number.size() || !std::isfinite(v) || v < 0 ||
       v * scale > 9.0e18) {
-    return bad(field, absl::StrCat("'", in, "' is not a size (e.g. 24GiB, 80GB, 512MiB, 1073741824)"));
+    return bad(field,
+               absl::StrCat("'", in, "' is not a size (e.g. 24GiB, 80GB, 512MiB, 1073741824)"));
   }
   return static_cast<int64_t>(v * scale);
 }
 
 std::string OffloadPolicy::name() const {
   switch (kind) {
-    case kNone: return "none";
-    case kModel: return "model";
-    case kGroup: return leaf_level ? "group (leaf_level)" : absl::StrCat("group (", num_blocks_per_group, " block(s)/group)");
-    case kSequential: return "sequential";
-    case kDisk: return "disk";
+    case kNone:
+      return "none";
+    case kModel:
+      return "model";
+    case kGroup:
+      return leaf_level ? "group (leaf_level)"
+                        : absl::StrCat("group (", num_blocks_per_group, " block(s)/group)");
+    case kSequential:
+      return "sequential";
+    case kDisk:
+      return "disk";
   }
   return "?";
 }
 
 const std::vector<std::string>& placement_components() {
-  static const std::vector<std::string> c = {"text_encoder", "text_encoder_2", "transformer", "vae"};
+  static const std::vector<std::string> c = {"text_encoder", "text_encoder_2", "transformer",
+                                             "vae"};
   return c;
 }
 
@@ -190,9 +215,9 @@ bool PlacementSpec::all_cpu() const {
 
 absl::StatusOr<PlacementSpec> PlacementSpec::from_json(const nlohmann::json& j,
                                                        const std::string& what) {
-  FLUX_RETURN_IF_ERROR(check_keys(j, {"device_map", "component_device_map", "device_map_modules",
-                                      "max_memory", "offload"},
-                                  what));
+  FLUX_RETURN_IF_ERROR(check_keys(
+      j, {"device_map", "component_device_map", "device_map_modules", "max_memory", "offload"},
+      what));
   PlacementSpec p;
   if (j.contains("device_map")) {
     const std::string field = what + ".device_map";
@@ -206,9 +231,10 @@ absl::StatusOr<PlacementSpec> PlacementSpec::from_json(const nlohmann::json& j,
     } else {
       auto d = parse_device(m, field);
       if (!d.ok()) {
-        return bad(field, absl::StrCat("unknown pipeline device_map '", m,
-                                       "' (\"\", cpu, cuda, cuda:N, balanced or auto; per-component "
-                                       "strategies go in component_device_map)"));
+        return bad(field,
+                   absl::StrCat("unknown pipeline device_map '", m,
+                                "' (\"\", cpu, cuda, cuda:N, balanced or auto; per-component "
+                                "strategies go in component_device_map)"));
       }
       p.pipeline = kOneDevice;
       p.pipeline_device = *d;
@@ -228,7 +254,8 @@ absl::StatusOr<PlacementSpec> PlacementSpec::from_json(const nlohmann::json& j,
       } else {
         auto d = parse_device(s, f);
         if (!d.ok()) {
-          return bad(f, absl::StrCat("unknown device_map '", s, "' (a device: cuda, cuda:N, cpu, "
+          return bad(f, absl::StrCat("unknown device_map '", s,
+                                     "' (a device: cuda, cuda:N, cpu, "
                                      "disk; or auto, balanced, balanced_low_0, sequential)"));
         }
         m.kind = ComponentMapSpec::kDevice;
@@ -249,7 +276,8 @@ absl::StatusOr<PlacementSpec> PlacementSpec::from_json(const nlohmann::json& j,
       FLUX_ASSIGN_OR_RETURN(MapDevice d, parse_device(s, f));
       ComponentMapSpec& m = p.components[c];
       if (m.kind != ComponentMapSpec::kInherit && m.kind != ComponentMapSpec::kModules) {
-        return bad(f, absl::StrCat("component '", c, "' has a component_device_map entry as well; "
+        return bad(f, absl::StrCat("component '", c,
+                                   "' has a component_device_map entry as well; "
                                    "give one or the other"));
       }
       m.kind = ComponentMapSpec::kModules;

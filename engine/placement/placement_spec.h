@@ -53,8 +53,8 @@ struct OffloadPolicy {
 // What a component's device map is, before planning.
 struct ComponentMapSpec {
   enum Kind { kInherit, kDevice, kStrategy, kModules } kind = kInherit;
-  MapDevice device;                                // kDevice
-  MapStrategy strategy = MapStrategy::kAuto;    // kStrategy
+  MapDevice device;                                        // kDevice
+  MapStrategy strategy = MapStrategy::kAuto;               // kStrategy
   std::vector<std::pair<std::string, MapDevice>> modules;  // kModules: module prefix -> device
 };
 
@@ -63,9 +63,9 @@ struct PlacementSpec {
   // "balanced" (diffusers: whole components over the GPUs), "auto" (fluxserve: accelerate's
   // infer_auto_device_map per component, sharing the budget; see planner.h).
   enum PipelineKind { kAllCpu, kOneDevice, kBalanced, kAuto } pipeline = kAllCpu;
-  MapDevice pipeline_device;  // kOneDevice
+  MapDevice pipeline_device;                           // kOneDevice
   std::map<std::string, ComponentMapSpec> components;  // per component overrides
-  std::map<MapDevice, int64_t> max_memory;                // accelerate's max_memory, parsed
+  std::map<MapDevice, int64_t> max_memory;             // accelerate's max_memory, parsed
   std::map<std::string, OffloadPolicy> offload;        // per component
 
   // The protobuf-JSON form of Placement (preserve_proto_field_names): device_map,

@@ -27,7 +27,8 @@ MapDevice onload_device(const PlacementSpec& spec) {
   return MapDevice{MapDevice::kCuda, 0};
 }
 
-absl::Status check_gpu_known(const MapDevice& d, const PlacementSpec& spec, const std::string& field) {
+absl::Status check_gpu_known(const MapDevice& d, const PlacementSpec& spec,
+                             const std::string& field) {
   if (!d.is_gpu()) return absl::OkStatus();
   std::vector<std::string> gpus;
   for (const auto& [k, v] : spec.max_memory) {
@@ -35,8 +36,8 @@ absl::Status check_gpu_known(const MapDevice& d, const PlacementSpec& spec, cons
   }
   if (gpus.empty() || spec.max_memory.contains(d)) return absl::OkStatus();
   return absl::InvalidArgumentError(absl::StrCat(field, ": unknown device '", d.name(),
-                                                 "' (max_memory budgets ", absl::StrJoin(gpus, ", "),
-                                                 ")"));
+                                                 "' (max_memory budgets ",
+                                                 absl::StrJoin(gpus, ", "), ")"));
 }
 
 // An explicit {module prefix -> device} map for one component, checked against its units.
@@ -44,8 +45,8 @@ absl::StatusOr<std::map<std::string, MapDevice>> explicit_map(
     const ComponentInventory& inv, const std::vector<std::pair<std::string, MapDevice>>& entries,
     const PlacementSpec& spec, const std::string& what) {
   for (const auto& [prefix, d] : entries) {
-    const std::string field =
-        absl::StrCat(what, ".device_map_modules.", inv.component, prefix.empty() ? "" : ".", prefix);
+    const std::string field = absl::StrCat(what, ".device_map_modules.", inv.component,
+                                           prefix.empty() ? "" : ".", prefix);
     FLUX_RETURN_IF_ERROR(check_gpu_known(d, spec, field));
     bool known = prefix.empty();
     for (const ModuleUnit& u : inv.units) {
@@ -64,8 +65,8 @@ absl::StatusOr<std::map<std::string, MapDevice>> explicit_map(
         const std::string t = u.name.substr(0, u.name.find('.'));
         if (top.empty() || top.back() != t) top.push_back(t);
       }
-      return absl::InvalidArgumentError(absl::StrCat(field, ": unknown module '", inv.component, ".",
-                                                     prefix, "' (", inv.model_class, " has ",
+      return absl::InvalidArgumentError(absl::StrCat(field, ": unknown module '", inv.component,
+                                                     ".", prefix, "' (", inv.model_class, " has ",
                                                      absl::StrJoin(top, ", "), ")"));
     }
   }
@@ -96,8 +97,9 @@ absl::StatusOr<std::map<std::string, MapDevice>> explicit_map(
 }
 
 // Bytes of `inv`'s units with their device, after bitsandbytes' cpu-offload rule.
-absl::Status apply_units(const ComponentInventory& inv, const std::map<std::string, MapDevice>& where,
-                         ComponentPlan& cp, const std::string& what) {
+absl::Status apply_units(const ComponentInventory& inv,
+                         const std::map<std::string, MapDevice>& where, ComponentPlan& cp,
+                         const std::string& what) {
   std::vector<std::string> offloaded;
   int64_t largest_offloaded = 0;
   for (const ModuleUnit& u : inv.units) {
@@ -106,7 +108,8 @@ absl::Status apply_units(const ComponentInventory& inv, const std::map<std::stri
     if (!d.is_gpu() && u.bytes > 0) {
       offloaded.push_back(u.name);
       if (inv.bnb_fp32_cpu_offload) bytes = u.dense_bytes;
-      largest_offloaded = std::max(largest_offloaded, inv.bnb_fp32_cpu_offload ? bytes : u.largest_leaf);
+      largest_offloaded =
+          std::max(largest_offloaded, inv.bnb_fp32_cpu_offload ? bytes : u.largest_leaf);
     }
     cp.resident[d] += bytes;
     cp.bytes += bytes;
@@ -124,7 +127,8 @@ absl::Status apply_units(const ComponentInventory& inv, const std::map<std::stri
     if (!d.is_gpu()) cp.streamed_per_forward += b;
   }
   cp.onload_peak = largest_offloaded;
-  cp.notes.push_back(absl::StrCat(offloaded.size(), " module(s) off the GPU run on ", cp.exec.name(),
+  cp.notes.push_back(absl::StrCat(offloaded.size(), " module(s) off the GPU run on ",
+                                  cp.exec.name(),
                                   " via accelerate hooks (one leaf module onloaded at a time)"));
   if (inv.bnb_fp32_cpu_offload) {
     cp.notes.push_back("llm_int8_enable_fp32_cpu_offload: modules on cpu/disk stay unquantized");
@@ -167,7 +171,9 @@ void apply_offload(const ComponentInventory& inv, ComponentPlan& cp) {
       for (const auto& [list, sizes] : lists) {
         for (size_t i = 0; i < sizes.size(); i += static_cast<size_t>(o.num_blocks_per_group)) {
           int64_t g = 0;
-          for (size_t k = i; k < std::min(sizes.size(), i + static_cast<size_t>(o.num_blocks_per_group)); ++k) g += sizes[k];
+          for (size_t k = i;
+               k < std::min(sizes.size(), i + static_cast<size_t>(o.num_blocks_per_group)); ++k)
+            g += sizes[k];
           largest_group = std::max(largest_group, g);
         }
       }
@@ -187,20 +193,25 @@ absl::Status check_budget(const Plan& plan, const std::string& what) {
     const ComponentPlan* onload = nullptr;
     for (const ComponentPlan& c : plan.components) {
       auto r = c.resident.find(d);
-      if (r != c.resident.end() && r->second > 0) parts.push_back(absl::StrCat(c.component, " ", format_bytes(r->second)));
-      if (c.exec == d && c.onload_peak > 0 && (!onload || c.onload_peak > onload->onload_peak)) onload = &c;
+      if (r != c.resident.end() && r->second > 0)
+        parts.push_back(absl::StrCat(c.component, " ", format_bytes(r->second)));
+      if (c.exec == d && c.onload_peak > 0 && (!onload || c.onload_peak > onload->onload_peak))
+        onload = &c;
     }
     std::string extra;
     const int64_t resident = plan.resident.contains(d) ? plan.resident.at(d) : 0;
     if (need > resident && onload) {
-      extra = absl::StrCat(" + ", format_bytes(need - resident), " onloaded while ", onload->component,
-                           " runs (", onload->offload.kind == OffloadPolicy::kNone ? "offloaded modules" : onload->offload.name(), ")");
+      extra = absl::StrCat(" + ", format_bytes(need - resident), " onloaded while ",
+                           onload->component, " runs (",
+                           onload->offload.kind == OffloadPolicy::kNone ? "offloaded modules"
+                                                                        : onload->offload.name(),
+                           ")");
     }
     return absl::ResourceExhaustedError(absl::StrCat(
         what, ": out of memory on ", d.name(), ": the plan needs ", format_bytes(need), " (", need,
         " bytes: resident ", parts.empty() ? "nothing" : absl::StrJoin(parts, ", "), extra,
-        ") but max_memory allows ", format_bytes(it->second), " (", it->second, " bytes), short by ",
-        format_bytes(need - it->second)));
+        ") but max_memory allows ", format_bytes(it->second), " (", it->second,
+        " bytes), short by ", format_bytes(need - it->second)));
   }
   return absl::OkStatus();
 }
@@ -211,22 +222,23 @@ absl::StatusOr<Plan> plan_placement(const std::vector<ComponentInventory>& inven
                                     const PlacementSpec& spec, const std::string& what) {
   Plan plan;
   plan.budget = spec.max_memory;
-  const bool any_strategy = spec.pipeline == PlacementSpec::kAuto ||
-                            spec.pipeline == PlacementSpec::kBalanced ||
-                            std::any_of(spec.components.begin(), spec.components.end(), [](auto& c) {
-                              return c.second.kind == ComponentMapSpec::kStrategy;
-                            });
+  const bool any_strategy =
+      spec.pipeline == PlacementSpec::kAuto || spec.pipeline == PlacementSpec::kBalanced ||
+      std::any_of(spec.components.begin(), spec.components.end(),
+                  [](auto& c) { return c.second.kind == ComponentMapSpec::kStrategy; });
   bool has_gpu_budget = false;
   for (const auto& [d, v] : spec.max_memory) has_gpu_budget |= d.is_gpu();
   if (any_strategy && !has_gpu_budget) {
     return absl::InvalidArgumentError(absl::StrCat(
-        what, ".max_memory: \"auto\"/\"balanced\" device maps need a GPU budget ({\"cuda:0\": "
-              "\"24GiB\", ...} or --gpu-memory): the planner does not probe devices"));
+        what,
+        ".max_memory: \"auto\"/\"balanced\" device maps need a GPU budget ({\"cuda:0\": "
+        "\"24GiB\", ...} or --gpu-memory): the planner does not probe devices"));
   }
   for (const auto& [c, m] : spec.components) {
-    if (std::none_of(inventory.begin(), inventory.end(), [&](auto& i) { return i.component == c; })) {
-      return absl::InvalidArgumentError(absl::StrCat(what, ": component '", c,
-                                                     "' is not in this pipeline folder"));
+    if (std::none_of(inventory.begin(), inventory.end(),
+                     [&](auto& i) { return i.component == c; })) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, ": component '", c, "' is not in this pipeline folder"));
     }
   }
   if (spec.pipeline == PlacementSpec::kOneDevice) {
@@ -259,15 +271,19 @@ absl::StatusOr<Plan> plan_placement(const std::vector<ComponentInventory>& inven
     if (oit != spec.offload.end()) cp.offload = oit->second;
     auto mit = spec.components.find(inv.component);
     const ComponentMapSpec map = mit == spec.components.end() ? ComponentMapSpec{} : mit->second;
-    const bool mapped = map.kind == ComponentMapSpec::kStrategy || map.kind == ComponentMapSpec::kModules ||
-                        (map.kind == ComponentMapSpec::kInherit && (spec.pipeline == PlacementSpec::kAuto ||
-                                                                    spec.pipeline == PlacementSpec::kBalanced));
+    const bool mapped =
+        map.kind == ComponentMapSpec::kStrategy || map.kind == ComponentMapSpec::kModules ||
+        (map.kind == ComponentMapSpec::kInherit &&
+         (spec.pipeline == PlacementSpec::kAuto || spec.pipeline == PlacementSpec::kBalanced));
     if (cp.offload.kind != OffloadPolicy::kNone) {
       if (mapped) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            what, ".offload.", inv.component, ": ", inv.component, " has a device mapping strategy, "
-            "so offload policy '", cp.offload.name(), "' is not allowed (diffusers: call "
-            "reset_device_map() first); give one or the other"));
+        return absl::FailedPreconditionError(
+            absl::StrCat(what, ".offload.", inv.component, ": ", inv.component,
+                         " has a device mapping strategy, "
+                         "so offload policy '",
+                         cp.offload.name(),
+                         "' is not allowed (diffusers: call "
+                         "reset_device_map() first); give one or the other"));
       }
       cp.exec = onload;
       cp.how = "offloaded";
@@ -295,10 +311,14 @@ absl::StatusOr<Plan> plan_placement(const std::vector<ComponentInventory>& inven
       for (const auto& [d, used] : m.used) {
         if (remaining.contains(d)) remaining[d] = std::max<int64_t>(0, remaining[d] - used);
       }
-      cp.how = own ? std::string(strategy == MapStrategy::kAuto ? "auto" : strategy == MapStrategy::kBalanced ? "balanced" : strategy == MapStrategy::kBalancedLow0 ? "balanced_low_0" : "sequential")
+      cp.how = own ? std::string(strategy == MapStrategy::kAuto           ? "auto"
+                                 : strategy == MapStrategy::kBalanced     ? "balanced"
+                                 : strategy == MapStrategy::kBalancedLow0 ? "balanced_low_0"
+                                                                          : "sequential")
                    : "auto (pipeline)";
     } else if (map.kind == ComponentMapSpec::kDevice) {
-      FLUX_RETURN_IF_ERROR(check_gpu_known(map.device, spec, absl::StrCat(what, ".component_device_map.", inv.component)));
+      FLUX_RETURN_IF_ERROR(check_gpu_known(
+          map.device, spec, absl::StrCat(what, ".component_device_map.", inv.component)));
       all_on(map.device);
       cp.how = map.device.name();
     } else if (spec.pipeline == PlacementSpec::kBalanced) {
@@ -314,7 +334,8 @@ absl::StatusOr<Plan> plan_placement(const std::vector<ComponentInventory>& inven
     // Where it computes: its first GPU (accelerate's main device), or the CPU when it has none.
     cp.exec = kCpu;
     for (const ModuleUnit& u : inv.units) {
-      if (where.at(u.name).is_gpu() && (!cp.exec.is_gpu() || where.at(u.name) < cp.exec)) cp.exec = where.at(u.name);
+      if (where.at(u.name).is_gpu() && (!cp.exec.is_gpu() || where.at(u.name) < cp.exec))
+        cp.exec = where.at(u.name);
     }
     FLUX_RETURN_IF_ERROR(apply_units(inv, where, cp, what));
     std::vector<std::pair<std::string, MapDevice>> units_in_order;
@@ -331,7 +352,8 @@ absl::StatusOr<Plan> plan_placement(const std::vector<ComponentInventory>& inven
       for (const auto& [prefix, dev] : cp.device_map) {
         if (cp.offload.kind == OffloadPolicy::kNone && under(u.name, prefix)) d = dev;
       }
-      const bool dense = !d.is_gpu() && inv.bnb_fp32_cpu_offload && cp.offload.kind == OffloadPolicy::kNone;
+      const bool dense =
+          !d.is_gpu() && inv.bnb_fp32_cpu_offload && cp.offload.kind == OffloadPolicy::kNone;
       plan.units.push_back({inv.component, u.name, d, dense ? u.dense_bytes : u.bytes});
     }
     for (const auto& [d, b] : cp.resident) plan.resident[d] += b;

@@ -37,15 +37,15 @@ namespace fluxserve {
 struct ComponentPlan {
   std::string component;
   std::string format;
-  std::string how;       // "auto", "cuda:0", "balanced (pipeline)", "explicit map", "cpu"
+  std::string how;  // "auto", "cuda:0", "balanced (pipeline)", "explicit map", "cpu"
   OffloadPolicy offload;
-  MapDevice exec;           // where its forward computes
-  int64_t bytes = 0;     // stored bytes (after any fp32-cpu-offload dequantized modules)
+  MapDevice exec;     // where its forward computes
+  int64_t bytes = 0;  // stored bytes (after any fp32-cpu-offload dequantized modules)
   std::map<MapDevice, int64_t> resident;  // where the bytes live between forwards
-  int64_t onload_peak = 0;             // extra bytes on `exec` while its forward runs
-  int64_t streamed_per_forward = 0;    // host/disk -> GPU bytes each forward
-  int64_t onloaded_once = 0;           // model offload: moved in once per image
-  bool denoiser = false;               // runs once per denoising step (the transformer)
+  int64_t onload_peak = 0;                // extra bytes on `exec` while its forward runs
+  int64_t streamed_per_forward = 0;       // host/disk -> GPU bytes each forward
+  int64_t onloaded_once = 0;              // model offload: moved in once per image
+  bool denoiser = false;                  // runs once per denoising step (the transformer)
   std::vector<std::pair<std::string, MapDevice>> device_map;  // accelerate's cleaned form
   std::vector<std::string> notes;
 };
@@ -61,9 +61,9 @@ struct Plan {
   std::vector<PlannedUnit> units;
   std::map<MapDevice, int64_t> resident;  // all components
   std::map<MapDevice, int64_t> peak;      // resident + the largest onload among components there
-  DeviceBudget budget;                 // the max_memory the plan was checked against
-  int64_t streamed_per_step = 0;       // per transformer forward (x2 with true CFG)
-  int64_t streamed_per_image = 0;      // text encoders, VAE and model-offload onloads, once
+  DeviceBudget budget;                    // the max_memory the plan was checked against
+  int64_t streamed_per_step = 0;          // per transformer forward (x2 with true CFG)
+  int64_t streamed_per_image = 0;         // text encoders, VAE and model-offload onloads, once
 };
 
 // Validates the spec against the inventory (unknown component, module or device names, splits

@@ -7,9 +7,9 @@
 #include <fstream>
 #include <set>
 
+#include "engine/io/checkpoint.h"
 #include "engine/models/flux_transformer.h"
 #include "engine/placement/auto_device_map.h"
-#include "engine/io/checkpoint.h"
 #include "engine/placement/module_inventory.h"
 #include "nlohmann/json.hpp"
 #include "tests/golden/golden_util.h"
@@ -85,19 +85,21 @@ TEST(DeviceMapGolden, BalancedMemoryAndInferAutoDeviceMapMatchUpstream) {
     DeviceBudget given;
     for (const auto& [d, v] : c["max_memory"].items()) given[device(d)] = v.get<int64_t>();
     const std::string s = c["device_map"];
-    const MapStrategy strategy = s == "sequential" ? MapStrategy::kSequential
+    const MapStrategy strategy = s == "sequential"       ? MapStrategy::kSequential
                                  : s == "balanced_low_0" ? MapStrategy::kBalancedLow0
-                                 : s == "balanced" ? MapStrategy::kBalanced
-                                                   : MapStrategy::kAuto;
+                                 : s == "balanced"       ? MapStrategy::kBalanced
+                                                         : MapStrategy::kAuto;
     const DeviceBudget budget = balanced_memory(inv, given, strategy);
     DeviceBudget want_budget;
-    for (const auto& [d, v] : c["balanced_max_memory"].items()) want_budget[device(d)] = v.get<int64_t>();
+    for (const auto& [d, v] : c["balanced_max_memory"].items())
+      want_budget[device(d)] = v.get<int64_t>();
     EXPECT_EQ(budget, want_budget);
 
     const AutoDeviceMap m = infer_auto_device_map(inv, budget);
     std::set<std::pair<std::string, std::string>> ours, theirs;
     for (const auto& [module, d] : m.cleaned) ours.insert({module, d.name()});
-    for (const auto& e : c["result"]) theirs.insert({e[0].get<std::string>(), e[1].get<std::string>()});
+    for (const auto& e : c["result"])
+      theirs.insert({e[0].get<std::string>(), e[1].get<std::string>()});
     EXPECT_EQ(ours, theirs);
     // Split points are block boundaries: every unit inside a block list is a whole block.
     for (const auto& [module, d] : m.cleaned) {
@@ -114,7 +116,8 @@ TEST(DeviceMapGolden, PipelineBalancedMatchesDiffusers) {
   for (const auto& c : cases()["pipeline_cases"]) {
     SCOPED_TRACE(c["name"].get<std::string>());
     std::vector<std::pair<std::string, int64_t>> sizes;
-    for (const auto& [comp, v] : c["component_sizes"].items()) sizes.emplace_back(comp, v.get<int64_t>());
+    for (const auto& [comp, v] : c["component_sizes"].items())
+      sizes.emplace_back(comp, v.get<int64_t>());
     // diffusers sorts by size (stable); feed the components in the pipeline's own order.
     std::sort(sizes.begin(), sizes.end(), [](auto& a, auto& b) { return a.second > b.second; });
     DeviceBudget gpus;

@@ -13,7 +13,8 @@ namespace {
 constexpr int64_t GiB = int64_t{1} << 30;
 
 // FLUX.1-dev's four module components (black-forest-labs/FLUX.1-dev config.json values).
-std::vector<ComponentInventory> flux_dev(const std::optional<ComponentQuantConfig>& transformer_quant = {}) {
+std::vector<ComponentInventory> flux_dev(
+    const std::optional<ComponentQuantConfig>& transformer_quant = {}) {
   FluxTransformerConfig t;
   t.guidance_embeds = true;
   T5Config t5;
@@ -84,15 +85,19 @@ TEST(DeviceMap, SpecErrorsNameTheField) {
     return std::string(s.status().message());
   };
   EXPECT_NE(msg({{"device_map", "everywhere"}}).find("placement.device_map"), std::string::npos);
-  EXPECT_NE(msg({{"device_map_modules", {{"unet.down_blocks", "cuda:0"}}}}).find("unknown component 'unet'"),
+  EXPECT_NE(msg({{"device_map_modules", {{"unet.down_blocks", "cuda:0"}}}})
+                .find("unknown component 'unet'"),
             std::string::npos);
-  EXPECT_NE(msg({{"device_map_modules", {{"transformer.x_embedder", "npu:0"}}}}).find("unknown device 'npu:0'"),
+  EXPECT_NE(msg({{"device_map_modules", {{"transformer.x_embedder", "npu:0"}}}})
+                .find("unknown device 'npu:0'"),
             std::string::npos);
-  EXPECT_NE(msg({{"offload", {{"transformer", {{"policy", "group"}}}}}}).find("num_blocks_per_group"),
-            std::string::npos);
+  EXPECT_NE(
+      msg({{"offload", {{"transformer", {{"policy", "group"}}}}}}).find("num_blocks_per_group"),
+      std::string::npos);
   EXPECT_NE(msg({{"offload", {{"vae", {{"policy", "teleport"}}}}}}).find("unknown offload policy"),
             std::string::npos);
-  EXPECT_NE(msg({{"max_memory", {{"cuda:0", "big"}}}}).find("placement.max_memory.cuda:0"), std::string::npos);
+  EXPECT_NE(msg({{"max_memory", {{"cuda:0", "big"}}}}).find("placement.max_memory.cuda:0"),
+            std::string::npos);
   EXPECT_NE(msg({{"devicemap", "auto"}}).find("unknown key 'devicemap'"), std::string::npos);
   EXPECT_TRUE(PlacementSpec::from_json(nlohmann::json::object(), "p")->all_cpu());
   EXPECT_TRUE(PlacementSpec::from_json({{"device_map", "cpu"}}, "p")->all_cpu());
@@ -165,8 +170,9 @@ TEST(DeviceMap, ExplicitMapsAreValidated) {
                 .find("only at block boundaries"),
             std::string::npos);
   EXPECT_NE(msg({{"transformer", "cuda:1"}}).find("unknown device 'cuda:1'"), std::string::npos);
-  EXPECT_NE(msg({{"transformer.transformer_blocks", "cuda:0"}}).find("gives no device for transformer."),
-            std::string::npos);
+  EXPECT_NE(
+      msg({{"transformer.transformer_blocks", "cuda:0"}}).find("gives no device for transformer."),
+      std::string::npos);
 
   // A valid split at block boundaries: double blocks on the GPU, the rest on the CPU.
   auto p = plan({{"device_map_modules",
@@ -185,10 +191,11 @@ TEST(DeviceMap, OffloadPoliciesPeakAndStreamedBytes) {
   // Model offload: one whole model on the GPU at a time; nothing moves inside the loop.
   auto model = plan({{"device_map", "cuda"},
                      {"max_memory", {{"cuda:0", "24GiB"}}},
-                     {"offload", {{"transformer", {{"policy", "model"}}},
-                                  {"text_encoder_2", {{"policy", "model"}}},
-                                  {"text_encoder", {{"policy", "model"}}},
-                                  {"vae", {{"policy", "model"}}}}}});
+                     {"offload",
+                      {{"transformer", {{"policy", "model"}}},
+                       {"text_encoder_2", {{"policy", "model"}}},
+                       {"text_encoder", {{"policy", "model"}}},
+                       {"vae", {{"policy", "model"}}}}}});
   ASSERT_TRUE(model.ok()) << model.status();
   EXPECT_EQ(model->peak.at(kGpu0), transformer);
   EXPECT_EQ(model->streamed_per_step, 0);
@@ -196,8 +203,9 @@ TEST(DeviceMap, OffloadPoliciesPeakAndStreamedBytes) {
 
   // Group offload, one block per group with a prefetch stream: unmatched modules + 2 double blocks.
   auto group = plan({{"device_map", "cuda"},
-                     {"offload", {{"transformer", {{"policy", "group"}, {"use_stream", true}}},
-                                  {"text_encoder_2", {{"policy", "sequential"}}}}}});
+                     {"offload",
+                      {{"transformer", {{"policy", "group"}, {"use_stream", true}}},
+                       {"text_encoder_2", {{"policy", "sequential"}}}}}});
   ASSERT_TRUE(group.ok()) << group.status();
   const int64_t unmatched = transformer - inv[2].bytes_under("transformer_blocks") -
                             inv[2].bytes_under("single_transformer_blocks");
@@ -208,8 +216,9 @@ TEST(DeviceMap, OffloadPoliciesPeakAndStreamedBytes) {
   EXPECT_EQ(component(*group, "text_encoder_2").onload_peak, int64_t{263192576});
 
   // Disk: the transformer lives on disk, RAM keeps nothing of it.
-  auto disk = plan({{"device_map", "cuda"},
-                    {"offload", {{"transformer", {{"policy", "disk"}, {"num_blocks_per_group", 2}}}}}});
+  auto disk =
+      plan({{"device_map", "cuda"},
+            {"offload", {{"transformer", {{"policy", "disk"}, {"num_blocks_per_group", 2}}}}}});
   ASSERT_TRUE(disk.ok()) << disk.status();
   EXPECT_EQ(disk->resident.at(kDisk), transformer);
   EXPECT_EQ(component(*disk, "transformer").onload_peak, unmatched + 2 * 679662592);
@@ -242,16 +251,17 @@ TEST(DeviceMap, BitsandbytesCpuOffloadNeedsTheFp32Flag) {
   EXPECT_GT(t.bytes, inv[2].bytes());
   EXPECT_LE(p->peak.at(kGpu0), 8 * GiB);
   // Enough GPU for the whole int8 model: no fp32 modules, nothing streamed.
-  auto fits = plan({{"component_device_map", {{"transformer", "auto"}}},
-                    {"max_memory", {{"cuda:0", "24GiB"}}}},
-                   inv);
+  auto fits = plan(
+      {{"component_device_map", {{"transformer", "auto"}}}, {"max_memory", {{"cuda:0", "24GiB"}}}},
+      inv);
   ASSERT_TRUE(fits.ok()) << fits.status();
   EXPECT_EQ(component(*fits, "transformer").bytes, inv[2].bytes());
   EXPECT_EQ(fits->streamed_per_step, 0);
 }
 
 TEST(DeviceMap, PipelineBalancedPlacesWholeComponents) {
-  auto p = plan({{"device_map", "balanced"}, {"max_memory", {{"cuda:0", "24GiB"}, {"cuda:1", "24GiB"}}}});
+  auto p = plan(
+      {{"device_map", "balanced"}, {"max_memory", {{"cuda:0", "24GiB"}, {"cuda:1", "24GiB"}}}});
   ASSERT_TRUE(p.ok()) << p.status();
   EXPECT_EQ(component(*p, "transformer").exec, kGpu0);
   EXPECT_EQ(component(*p, "text_encoder_2").exec, (MapDevice{MapDevice::kCuda, 1}));
