@@ -12,6 +12,7 @@
 #include "absl/strings/str_format.h"
 #include "cli/args.h"
 #include "cli/commands.h"
+#include "cli/inspect_plan.h"
 #include "engine/core/status.h"
 #include "engine/io/checkpoint.h"
 #include "engine/pipeline/flux_pipeline.h"
@@ -21,11 +22,19 @@ namespace fluxserve::cli {
 namespace {
 
 constexpr const char* kInspectUsage = R"(usage: fluxserve inspect [--model DIR] [--quant-config spec.json] [--json]
+       fluxserve inspect [--model DIR] [--quant-config spec.json] [--placement placement.json]
+                         [--gpu-memory 24GiB | cuda:0=24GiB,cuda:1=16GiB] [--cpu-memory 64GiB] [--json]
 Loads a diffusers FluxPipeline folder (default: the embedded tiny model), quantizing on load when
 --quant-config gives diffusers' PipelineQuantizationConfig as JSON (README: Quantization), and
 prints per component its device, weight format, quantized/total Linear layers and the bytes its
 tensors hold (weights, biases, norms, quantization states; each buffer counted once), with a
 total line. --json prints the same as one JSON object.
+
+With --placement (the Placement part of a model spec as JSON: device_map, component_device_map,
+device_map_modules, max_memory, offload) or --gpu-memory (alone: device_map "auto"), it loads
+nothing and prints the device-map plan instead, sized from the components' config.json in bf16
+(README: Device map and offload): each module's device, bytes per device, peak GPU bytes and
+bytes streamed per step. The plan is computed only; GPU execution arrives with issues #6/#7.
 )";
 
 std::string human_bytes(int64_t b) {
@@ -126,6 +135,9 @@ absl::Status inspect(const Args& a) {
     FLUX_ASSIGN_OR_RETURN(quant, PipelineQuantConfig::from_json(j, path));
     for (const std::string& w : quant->warnings()) std::cerr << "warning: " << w << "\n";
   }
+  if (a.has("placement") || a.has("gpu-memory") || a.has("cpu-memory")) {
+    return inspect_plan(a, model, quant ? &*quant : nullptr);
+  }
   FLUX_ASSIGN_OR_RETURN(auto pipe, FluxPipeline::load(model, quant ? &*quant : nullptr));
   const std::vector<ComponentMemory> mem = pipe->memory();
   if (a.has("json")) {
@@ -143,7 +155,8 @@ int inspect_main(const std::vector<std::string>& args) {
     std::cout << kInspectUsage;
     return 0;
   }
-  auto a = Args::parse(args, {"model", "quant-config", "json", "threads"}, {"json"});
+  auto a = Args::parse(args, {"model", "quant-config", "json", "threads", "placement", "gpu-memory", "cpu-memory"},
+                        {"json"});
   absl::Status st = a.ok() ? inspect(*a) : a.status();
   if (!st.ok()) {
     std::cerr << "fluxserve inspect: " << st.message() << "\n";

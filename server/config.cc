@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "engine/core/status.h"
+#include "engine/placement/placement_spec.h"
 
 namespace fluxserve::server {
 namespace {
@@ -107,26 +108,31 @@ absl::StatusOr<std::optional<PipelineQuantConfig>> quant_config_from_spec(
 }
 
 absl::Status check_placement(const v1::Placement& p, const std::string& field) {
-  auto unimplemented = [&](const std::string& sub, const std::string& what) {
-    return absl::UnimplementedError(absl::StrCat(
-        field, ".", sub, ": ", what,
-        " is not supported yet: this engine runs every component on the CPU; device maps and "
-        "offloading arrive with issue #7 (use device_map \"\" or \"cpu\")"));
-  };
-  if (!p.device_map().empty() && p.device_map() != "cpu") {
-    return unimplemented("device_map", absl::StrCat("\"", p.device_map(), "\""));
-  }
-  if (!p.device_map_modules().empty()) {
-    return unimplemented("device_map_modules", "a per-module device map");
-  }
-  if (!p.max_memory().empty()) return unimplemented("max_memory", "a per-device memory budget");
-  for (const auto& [component, offload] : p.offload()) {
-    if (!offload.policy().empty() && offload.policy() != "none") {
-      return unimplemented(absl::StrCat("offload.", component, ".policy"),
-                           absl::StrCat("offload policy \"", offload.policy(), "\""));
+  // The planner's parser checks the map itself (devices, sizes, components, policies), so a bad
+  // placement gets the same message here as from `fluxserve inspect --placement`.
+  google::protobuf::util::JsonPrintOptions opts;
+  opts.preserve_proto_field_names = true;
+  std::string json;
+  const auto st = google::protobuf::util::MessageToJsonString(p, &json, opts);
+  if (!st.ok()) return absl::InternalError(absl::StrCat(field, ": ", st.ToString()));
+  nlohmann::json j = nlohmann::json::parse(json, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return absl::InternalError(absl::StrCat(field, ": unreadable JSON form"));
+  FLUX_ASSIGN_OR_RETURN(PlacementSpec spec, PlacementSpec::from_json(j, field));
+  if (spec.all_cpu()) return absl::OkStatus();
+  // Name the first field that leaves the CPU.
+  std::string sub = "device_map";
+  if (spec.pipeline == PlacementSpec::kAllCpu) {
+    if (!p.component_device_map().empty()) sub = "component_device_map";
+    else if (!p.device_map_modules().empty()) sub = "device_map_modules";
+    else if (!p.max_memory().empty()) sub = "max_memory";
+    for (const auto& [component, o] : spec.offload) {
+      if (sub == "device_map" && o.kind != OffloadPolicy::kNone) sub = "offload." + component + ".policy";
     }
   }
-  return absl::OkStatus();
+  return absl::UnimplementedError(absl::StrCat(
+      field, ".", sub, ": a valid placement, but not supported yet: this engine runs every "
+      "component on the CPU; executing device maps and offloading arrives with issue #7 (use "
+      "device_map \"\" or \"cpu\"; `fluxserve inspect --placement` prints the plan)"));
 }
 
 absl::Status check_defaults(const v1::GenerationDefaults& d, const std::string& field) {

@@ -34,8 +34,9 @@ absl::StatusOr<std::string> resolve_model_path(const std::string& path,
 absl::StatusOr<std::optional<PipelineQuantConfig>> quant_config_from_spec(
     const v1::Quantization& q, const std::string& field);
 
-// Placement on a CPU-only engine: only device_map "" / "cpu" and no per-module map, memory
-// budget or offload policy (device maps arrive with issue #7).
+// Placement: checked by the planner's parser (PlacementSpec::from_json: InvalidArgument naming
+// the field), then refused with Unimplemented unless everything stays on the CPU (the engine
+// executes device maps and offloading with issues #6/#7).
 absl::Status check_placement(const v1::Placement& p, const std::string& field);
 
 // GenerationDefaults within the ranges a request may use.
