@@ -42,6 +42,20 @@ absl::StatusOr<std::string> real_path(const std::string& p) {
   return std::string(buf);
 }
 
+// A message's protobuf-JSON form with its proto field names (which are diffusers'/accelerate's
+// keys), as the engine's parsers take it.
+absl::StatusOr<nlohmann::json> json_form(const google::protobuf::Message& m,
+                                         const std::string& field) {
+  google::protobuf::util::JsonPrintOptions opts;
+  opts.preserve_proto_field_names = true;
+  std::string json;
+  const auto st = google::protobuf::util::MessageToJsonString(m, &json, opts);
+  if (!st.ok()) return absl::InternalError(absl::StrCat(field, ": ", st.ToString()));
+  nlohmann::json j = nlohmann::json::parse(json, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return absl::InternalError(absl::StrCat(field, ": unreadable JSON form"));
+  return j;
+}
+
 }  // namespace
 
 absl::Status validate_model_name(const std::string& name, const std::string& field) {
@@ -96,13 +110,7 @@ absl::StatusOr<std::optional<PipelineQuantConfig>> quant_config_from_spec(
   }
   // One schema: the proto's field names are diffusers' keys, so its JSON form is exactly what
   // PipelineQuantConfig parses (and validates, naming the field).
-  google::protobuf::util::JsonPrintOptions opts;
-  opts.preserve_proto_field_names = true;
-  std::string json;
-  const auto st = google::protobuf::util::MessageToJsonString(q, &json, opts);
-  if (!st.ok()) return absl::InternalError(absl::StrCat(field, ": ", st.ToString()));
-  nlohmann::json j = nlohmann::json::parse(json, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) return absl::InternalError(absl::StrCat(field, ": unreadable JSON form"));
+  FLUX_ASSIGN_OR_RETURN(nlohmann::json j, json_form(q, field));
   FLUX_ASSIGN_OR_RETURN(PipelineQuantConfig cfg, PipelineQuantConfig::from_json(j, field));
   return std::optional<PipelineQuantConfig>(std::move(cfg));
 }
@@ -110,13 +118,7 @@ absl::StatusOr<std::optional<PipelineQuantConfig>> quant_config_from_spec(
 absl::Status check_placement(const v1::Placement& p, const std::string& field) {
   // The planner's parser checks the map itself (devices, sizes, components, policies), so a bad
   // placement gets the same message here as from `fluxserve inspect --placement`.
-  google::protobuf::util::JsonPrintOptions opts;
-  opts.preserve_proto_field_names = true;
-  std::string json;
-  const auto st = google::protobuf::util::MessageToJsonString(p, &json, opts);
-  if (!st.ok()) return absl::InternalError(absl::StrCat(field, ": ", st.ToString()));
-  nlohmann::json j = nlohmann::json::parse(json, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) return absl::InternalError(absl::StrCat(field, ": unreadable JSON form"));
+  FLUX_ASSIGN_OR_RETURN(nlohmann::json j, json_form(p, field));
   FLUX_ASSIGN_OR_RETURN(PlacementSpec spec, PlacementSpec::from_json(j, field));
   if (spec.all_cpu()) return absl::OkStatus();
   // Name the first field that leaves the CPU.
