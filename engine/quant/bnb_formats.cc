@@ -14,6 +14,7 @@
 #include "engine/core/check.h"
 #include "engine/core/status.h"
 #include "engine/io/json_util.h"
+#include "engine/quant/bnb_gemm.h"
 #include "kernels/common/dtype_math.h"
 
 namespace fluxserve {
@@ -758,6 +759,8 @@ Tensor bnb4_linear(const Tensor& x, const Bnb4Weight& w, const Tensor* bias) {
   for (int64_t n0 = 0; n0 < n; n0 += tile) {
     const int64_t tn = std::min(tile, n - n0);
     dequant_range(w, scales.data<float>(), n0 * k, tn * k, buf.data());
+    // No rounding to w.dtype: bitsandbytes 0.50's matmul_4bit (gemm_4bit) dequantizes straight to
+    // the activation dtype, whatever dtype the weight was quantized from.
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m), static_cast<int>(tn),
                 static_cast<int>(k), 1.0f, x.data<float>(), static_cast<int>(k), buf.data(),
                 static_cast<int>(k), 1.0f, y.data<float>() + n0, static_cast<int>(n));
@@ -769,6 +772,9 @@ Tensor bnb8_linear(const Tensor& x, const Bnb8Weight& w, const Tensor* bias, flo
   FLUX_CHECK(x.dtype() == DType::kF32 && x.size(-1) == w.in_features())
       << "bnb8_linear: x " << x.shape_str() << " vs weight " << w.cb.shape_str();
   const int64_t m = rows_of(x), n = w.out_features(), k = w.in_features();
+  // Token batches: the exact int32 product through chunked sgemm (bnb_gemm.cc); for a few rows
+  // the direct dot products below beat widening the weight.
+  if (m >= 16) return bnb8_linear_int_gemm(x, w, bias, threshold);
   Shape s = x.shape();
   s.back() = n;
   Tensor y = Tensor::empty(s);
