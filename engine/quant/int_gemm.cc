@@ -32,8 +32,8 @@ void int8_gemm_exact(const float* a, int64_t m, int64_t k, const int8_t* b, int6
       for (int64_t c0 = 0; c0 < k; c0 += chunk) {
         const int64_t kc = std::min(chunk, k - c0);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m),
-                    static_cast<int>(rows), static_cast<int>(kc), 1.0f, a + c0,
-                    static_cast<int>(k), panel.data() + c0, static_cast<int>(k), 0.0f, part.data(),
+                    static_cast<int>(rows), static_cast<int>(kc), 1.0f, a + c0, static_cast<int>(k),
+                    panel.data() + c0, static_cast<int>(k), 0.0f, part.data(),
                     static_cast<int>(rows));
         // Each chunk sum is an exact integer in f32; the chunks add up in int32 as the
         // reference's accumulator does.

@@ -405,6 +405,8 @@ absl::StatusOr<QuantizedActivation> quantize_activation(const Tensor& x, const F
     a.qdata = Tensor::empty({m, k}, DType::kF8E4M3FN);
     a.scale = Tensor::empty({spec.per_row ? m : 1, 1});
     if (!spec.per_row) a.scale.data<float>()[0] = float8_scale(src, m * k, fmax, bf16);
+    // Rows are independent (activations are quantized on every call): parallel over rows.
+#pragma omp parallel for schedule(static) if (m * k > (1 << 16))
     for (int64_t r = 0; r < m; ++r) {
       const float s = spec.per_row ? float8_scale(src + r * k, k, fmax, bf16) : a.scale.data<float>()[0];
       if (spec.per_row) a.scale.data<float>()[r] = s;
@@ -420,23 +422,27 @@ absl::StatusOr<QuantizedActivation> quantize_activation(const Tensor& x, const F
   a.qdata = Tensor::empty({m, k}, asym ? DType::kU8 : DType::kI8);
   a.scale = Tensor::empty({m, 1});
   if (asym) a.zero_point = Tensor::empty({m, 1}, DType::kI32);
-  std::vector<int32_t> codes(static_cast<size_t>(k));
-  for (int64_t r = 0; r < m; ++r) {
-    float s;
-    int32_t zp = 0;
-    if (asym) {
-      asymmetric_qparams(src + r * k, k, qmin, qmax, kF32Eps, bf16, &s, &zp);
-      a.zero_point.data<int32_t>()[r] = zp;
-    } else {
-      s = symmetric_scale(src + r * k, k, qmin, qmax, bf16);
-    }
-    a.scale.data<float>()[r] = s;
-    quantize_block(src + r * k, k, s, zp, qmin, qmax, false, codes.data());
-    for (int64_t j = 0; j < k; ++j) {
+#pragma omp parallel if (m * k > (1 << 16))
+  {
+    std::vector<int32_t> codes(static_cast<size_t>(k));
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < m; ++r) {
+      float s;
+      int32_t zp = 0;
       if (asym) {
-        a.qdata.data<uint8_t>()[r * k + j] = static_cast<uint8_t>(codes[j]);
+        asymmetric_qparams(src + r * k, k, qmin, qmax, kF32Eps, bf16, &s, &zp);
+        a.zero_point.data<int32_t>()[r] = zp;
       } else {
-        a.qdata.data<int8_t>()[r * k + j] = static_cast<int8_t>(codes[j]);
+        s = symmetric_scale(src + r * k, k, qmin, qmax, bf16);
+      }
+      a.scale.data<float>()[r] = s;
+      quantize_block(src + r * k, k, s, zp, qmin, qmax, false, codes.data());
+      for (int64_t j = 0; j < k; ++j) {
+        if (asym) {
+          a.qdata.data<uint8_t>()[r * k + j] = static_cast<uint8_t>(codes[j]);
+        } else {
+          a.qdata.data<int8_t>()[r * k + j] = static_cast<int8_t>(codes[j]);
+        }
       }
     }
   }

@@ -83,9 +83,10 @@ struct QuantizedActivation {
 absl::StatusOr<QuantizedActivation> quantize_activation(const Tensor& x, const FormatSpec& spec);
 
 // y = x · Wᵀ + bias for x [..., K] f32 (torchao_linear.cc); weight-only formats dequantize then
-// GEMM, panel by panel (scales applied to the GEMM's output where torchao does), dynamic ones
-// quantize x and accumulate exactly (int32 per group for integer formats, products of fp8 values
-// in f32 for float8dq).
+// GEMM, panel by panel (scales applied to the GEMM's output where torchao does); dynamic ones
+// quantize x per call: int8dq accumulates exactly in int32, int4dq multiplies the integer
+// activations with the dequantized weight in f32 (torchao's dequantize-then-matmul), float8dq
+// sums products of fp8 values in f32.
 absl::StatusOr<Tensor> quantized_linear(const Tensor& x, const QuantizedWeight& w,
                                         const Tensor* bias = nullptr);
 

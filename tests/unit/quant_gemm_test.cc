@@ -1,27 +1,25 @@
 // The fast quantized-linear paths (panel decode + sgemm, exact chunked int8 sgemm) against the
-// direct computations they replace: integer results exactly equal, f32 ones to rounding.
+// straightforward computations they replace: integer accumulators exactly equal, decoded weights
+// bit-identical, f32 sums to rounding. Shapes are odd on purpose: K not a multiple of the sgemm
+// chunk or of two, N not a multiple of a panel, M = 1 (the GEMV path) and M = 17.
 #include <cblas.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "engine/quant/bnb_formats.h"
-#include "engine/quant/bnb_gemm.h"
 #include "engine/quant/int_gemm.h"
 #include "engine/quant/torchao_formats.h"
+#include "kernels/common/dtype_math.h"
 #include "tests/unit/test_util.h"
 
 namespace fluxserve {
 namespace {
 
 using testing::randn;
-
-Tensor filled(Shape shape, float v) {
-  Tensor t = Tensor::empty(shape);
-  for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = v;
-  return t;
-}
 
 Tensor row(const Tensor& x, int64_t i) {
   const int64_t k = x.size(1);
@@ -30,8 +28,28 @@ Tensor row(const Tensor& x, int64_t i) {
   return r;
 }
 
-// Largest relative difference of a [M, N] result from ref, elementwise over max |ref|.
+Tensor identity(int64_t k) {
+  Tensor t = Tensor::zeros({k, k});
+  for (int64_t i = 0; i < k; ++i) t.data<float>()[i * k + i] = 1.0f;
+  return t;
+}
+
+// y = x · wᵀ (+ bias) with one plain sgemm: the reference for the panel paths.
+Tensor sgemm_ref(const Tensor& x, const Tensor& w, const Tensor* bias) {
+  const int64_t m = x.size(0), k = x.size(1), n = w.size(0);
+  Tensor y = Tensor::zeros({m, n});
+  if (bias != nullptr) {
+    for (int64_t i = 0; i < m; ++i)
+      std::memcpy(y.data<float>() + i * n, bias->data<float>(), n * sizeof(float));
+  }
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, x.data<float>(), k,
+              w.data<float>(), k, 1.0f, y.data<float>(), n);
+  return y;
+}
+
+// Largest difference from ref over max |ref|.
 double max_rel(const Tensor& a, const Tensor& ref) {
+  EXPECT_EQ(a.numel(), ref.numel());
   double mx = 0.0, ma = 0.0;
   for (int64_t i = 0; i < a.numel(); ++i) {
     mx = std::max(mx, std::fabs(static_cast<double>(a.data<float>()[i]) - ref.data<float>()[i]));
@@ -40,59 +58,98 @@ double max_rel(const Tensor& a, const Tensor& ref) {
   return ma == 0.0 ? mx : mx / ma;
 }
 
+// a [M, N] == bᵀ for b [N, M], value by value (+0 and -0 compare equal).
+void expect_transposed_equal(const Tensor& a, const Tensor& b, const std::string& what) {
+  const int64_t m = a.size(0), n = a.size(1);
+  ASSERT_EQ(b.size(0), n);
+  ASSERT_EQ(b.size(1), m);
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j)
+      ASSERT_EQ(a.data<float>()[i * n + j], b.data<float>()[j * m + i])
+          << what << " " << i << "," << j;
+}
+
 TEST(IntGemm, ChunkBoundKeepsPartialSumsExact) {
   EXPECT_EQ(exact_sgemm_chunk(128, 128), 1024);
   EXPECT_EQ(exact_sgemm_chunk(255, 15), 4386);
 }
 
-// All operands at the int8 extremes: one unchunked f32 sum would pass 2^24 after 1025 products.
+// All operands at the int8 extremes: one unchunked f32 sum would pass 2^24 after 1025 products
+// and round. N = 130 is one full 128-row panel plus a partial one.
 TEST(IntGemm, AdversarialExtremesAreExact) {
-  for (int64_t k : {1024, 1025, 3072, 5000}) {
-    const int64_t m = 5, n = 130;
-    std::vector<float> a(static_cast<size_t>(m * k));
-    std::vector<int8_t> b(static_cast<size_t>(n * k));
-    for (int64_t i = 0; i < m * k; ++i) a[i] = (i % 7 == 0) ? 127.0f : -128.0f;
-    for (int64_t i = 0; i < n * k; ++i) b[i] = (i % 5 == 0) ? 127 : -128;
-    std::vector<int32_t> acc(static_cast<size_t>(m * n));
-    int8_gemm_exact(a.data(), m, k, b.data(), n, acc.data());
-    for (int64_t i = 0; i < m; ++i) {
-      for (int64_t j = 0; j < n; ++j) {
-        int64_t want = 0;
-        for (int64_t c = 0; c < k; ++c)
-          want += static_cast<int64_t>(a[i * k + c]) * b[j * k + c];
-        ASSERT_EQ(acc[i * n + j], want) << "k " << k << " at " << i << "," << j;
+  for (int64_t k : {1, 1024, 1025, 3072, 5000}) {
+    for (int64_t m : {1, 5}) {
+      const int64_t n = 130;
+      std::vector<float> a(static_cast<size_t>(m * k));
+      std::vector<int8_t> b(static_cast<size_t>(n * k));
+      for (int64_t i = 0; i < m * k; ++i) a[i] = (i % 7 == 0) ? 127.0f : -128.0f;
+      for (int64_t i = 0; i < n * k; ++i) b[i] = (i % 5 == 0) ? 127 : -128;
+      std::vector<int32_t> acc(static_cast<size_t>(m * n));
+      int8_gemm_exact(a.data(), m, k, b.data(), n, acc.data());
+      for (int64_t i = 0; i < m; ++i) {
+        for (int64_t j = 0; j < n; ++j) {
+          int64_t want = 0;
+          for (int64_t c = 0; c < k; ++c) want += static_cast<int64_t>(a[i * k + c]) * b[j * k + c];
+          ASSERT_EQ(acc[i * n + j], want) << "m " << m << " k " << k << " at " << i << "," << j;
+        }
       }
     }
   }
 }
 
-// bnb8_linear runs the chunked sgemm from 16 rows on and the direct dot products below; with
+// bnb8_linear runs the chunked sgemm from 16 rows on and direct dot products below; with
 // threshold 0 rows are quantized independently, so the two must agree bit for bit. ±1 inputs
-// and weights make every code ±127 and every accumulator 127·127·K > 2^24.
+// and weights make every code ±127 and the accumulators pass 2^24.
 TEST(Bnb8Linear, BatchedPathEqualsRowByRowOnExtremes) {
-  const int64_t m = 20, n = 70, k = 3072;
-  Tensor x = Tensor::empty({m, k}), w = Tensor::empty({n, k});
-  for (int64_t i = 0; i < m * k; ++i) x.data<float>()[i] = (i % 3 == 0) ? -1.0f : 1.0f;
-  for (int64_t i = 0; i < n * k; ++i) w.data<float>()[i] = (i % 11 == 0) ? -0.5f : 0.5f;
-  for (int64_t i = 0; i < k; ++i) x.data<float>()[i] = 1.0f;  // row 0: acc = ±127·127·3072 mix
-  auto q = bnb8_quantize(w);
-  ASSERT_TRUE(q.ok()) << q.status();
-  const Tensor bias = randn({n}, 3);
-  const Tensor y = bnb8_linear(x, *q, &bias, 0.0f);
-  for (int64_t i = 0; i < m; ++i) {
-    const Tensor yi = bnb8_linear(row(x, i), *q, &bias, 0.0f);
-    ASSERT_EQ(std::memcmp(yi.raw(), y.data<float>() + i * n, n * sizeof(float)), 0) << "row " << i;
+  for (int64_t m : {16, 17, 20}) {
+    const int64_t n = 70, k = 3072;
+    Tensor x = Tensor::empty({m, k}), w = Tensor::empty({n, k});
+    for (int64_t i = 0; i < m * k; ++i) x.data<float>()[i] = (i % 3 == 0) ? -1.0f : 1.0f;
+    for (int64_t i = 0; i < n * k; ++i) w.data<float>()[i] = (i % 11 == 0) ? -0.5f : 0.5f;
+    for (int64_t i = 0; i < k; ++i) x.data<float>()[i] = 1.0f;
+    auto q = bnb8_quantize(w);
+    ASSERT_TRUE(q.ok()) << q.status();
+    const Tensor bias = randn({n}, 3);
+    const Tensor y = bnb8_linear(x, *q, &bias, 0.0f);
+    for (int64_t i = 0; i < m; ++i) {
+      const Tensor yi = bnb8_linear(row(x, i), *q, &bias, 0.0f);
+      ASSERT_EQ(std::memcmp(yi.raw(), y.data<float>() + i * n, n * sizeof(float)), 0)
+          << "m " << m << " row " << i;
+    }
   }
-  // Random values, with threshold 6 outliers: same as the row loop up to the outlier columns,
-  // which depend on the whole batch; check against the reference tolerance instead.
-  const Tensor xr = randn({m, k}, 7, 2.0f);
-  const Tensor wr = randn({n, k}, 8, 0.05f);
-  auto qr = bnb8_quantize(wr);
-  ASSERT_TRUE(qr.ok());
-  const Tensor y0 = bnb8_linear(xr, *qr, nullptr, 0.0f);
+}
+
+// Random values, K = 1500 (one full 1024 chunk and a partial one), N not a multiple of 128.
+TEST(Bnb8Linear, BatchedPathEqualsRowByRowOnRandomValues) {
+  const int64_t m = 17, n = 131, k = 1500;
+  const Tensor x = randn({m, k}, 7, 2.0f);
+  const Tensor w = randn({n, k}, 8, 0.05f);
+  auto q = bnb8_quantize(w);
+  ASSERT_TRUE(q.ok());
+  const Tensor y = bnb8_linear(x, *q, nullptr, 0.0f);
   for (int64_t i = 0; i < m; ++i) {
-    const Tensor yi = bnb8_linear(row(xr, i), *qr, nullptr, 0.0f);
-    ASSERT_EQ(std::memcmp(yi.raw(), y0.data<float>() + i * n, n * sizeof(float)), 0);
+    const Tensor yi = bnb8_linear(row(x, i), *q, nullptr, 0.0f);
+    ASSERT_EQ(std::memcmp(yi.raw(), y.data<float>() + i * n, n * sizeof(float)), 0) << i;
+  }
+  // Threshold 6: the outlier columns depend on the whole batch, so the batched result is checked
+  // against the definition instead (unit-scale x, one injected outlier).
+  Tensor xo = randn({m, k}, 9);
+  xo.data<float>()[3 * k + 10] = 9.0f;
+  const Tensor yo = bnb8_linear(xo, *q, nullptr, 6.0f);
+  const Int8RowQuant qa = int8_vectorwise_quant(xo, 6.0f);
+  ASSERT_EQ(qa.outlier_cols, std::vector<int64_t>{10});
+  const Tensor wd = bnb8_dequantize(*q);
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t j = 0; j < n; ++j) {
+      int32_t acc = 0;
+      for (int64_t c = 0; c < k; ++c)
+        acc += int32_t{qa.q[i * k + c]} * q->cb.data<int8_t>()[j * k + c];
+      const float v =
+          static_cast<float>(acc) * (qa.row_absmax[i] * q->scb.data<float>()[j]) * 6.200124e-05f;
+      const float want = v + xo.data<float>()[i * k + 10] * wd.data<float>()[j * k + 10];
+      ASSERT_NEAR(yo.data<float>()[i * n + j], want, 1e-6f * (std::fabs(want) + 1.0f))
+          << i << "," << j;
+    }
   }
 }
 
@@ -115,80 +172,158 @@ TEST(TorchAoInt8Dq, BatchedPathEqualsRowByRowOnExtremes) {
   }
 }
 
-// Weight-only formats: panels of dequantize_rows + sgemm against dequantize_weight + one sgemm.
+// Weight-only formats. quantized_linear(I) is Wᵀ exactly (one non-zero product per output), so
+// the panel decode must reproduce dequantize_weight bit for bit; on random x the panels match
+// one sgemm on the whole dequantized weight to rounding, for the GEMV path (M = 1) too.
 TEST(TorchAoWeightOnly, PanelsMatchWholeDequantizedGemm) {
-  const int64_t m = 33, n = 200, k = 256;
-  const Tensor x = randn({m, k}, 1);
-  const Tensor w = randn({n, k}, 2, 0.05f);
-  for (const char* qt : {"int4wo", "int8wo", "float8wo", "float8wo_e4m3", "fp6_e3m2", "uint4wo",
-                         "uint2wo"}) {
+  const int64_t n = 200;  // not a multiple of the 64- or 16-row panels
+  for (const char* qt :
+       {"int4wo", "int8wo", "float8wo", "float8wo_e4m3", "fp6_e3m2", "uint4wo", "uint2wo"}) {
+    const std::string name = qt;
+    const bool grouped = name == "int4wo" || name == "uint4wo" || name == "uint2wo";
+    const int64_t k = grouped ? 256 : 257;  // per-row formats take any K
+    const Tensor w = randn({n, k}, 2, 0.05f);
     for (bool bf16 : {false, true}) {
       auto spec = torchao::parse_quant_type(qt);
       ASSERT_TRUE(spec.ok()) << qt;
-      Tensor src = w;
-      if (bf16) src = *w.to(DType::kBF16);
-      auto q = torchao::quantize_weight(src, *spec);
+      auto q = torchao::quantize_weight(bf16 ? *w.to(DType::kBF16) : w, *spec);
       ASSERT_TRUE(q.ok()) << q.status();
       const Tensor wd = torchao::dequantize_weight(*q);
-      std::vector<float> rows(static_cast<size_t>(3 * k));
-      torchao::dequantize_rows(*q, 50, 3, rows.data());
-      ASSERT_EQ(std::memcmp(rows.data(), wd.data<float>() + 50 * k, rows.size() * 4), 0) << qt;
-      Tensor ref = Tensor::zeros({m, n});
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, x.data<float>(), k,
-                  wd.data<float>(), k, 0.0f, ref.data<float>(), n);
-      if (std::string(qt) == "int8wo") {  // scales on the output: compare loosely
+      const std::string what = name + (bf16 ? " bf16" : "");
+      if (name != "int8wo") {  // int8wo applies its scale to the output (checked below)
+        auto yi = torchao::quantized_linear(identity(k), *q);
+        ASSERT_TRUE(yi.ok());
+        expect_transposed_equal(*yi, wd, what);
+      }
+      // int8wo: torchao's Int8Tensor multiplies x by the codes and scales the output in f32.
+      Tensor codes = Tensor::empty({n, k});
+      if (name == "int8wo") {
+        for (int64_t i = 0; i < n * k; ++i) codes.data<float>()[i] = q->qdata.data<int8_t>()[i];
+      }
+      for (int64_t m : {1, 17, 33}) {
+        const Tensor x = randn({m, k}, 1 + static_cast<uint32_t>(m));
+        const Tensor bias = randn({n}, 9);
+        auto y = torchao::quantized_linear(x, *q, &bias);
+        ASSERT_TRUE(y.ok());
+        Tensor ref = sgemm_ref(x, wd, &bias);
+        if (name == "int8wo") {
+          ref = sgemm_ref(x, codes, nullptr);
+          for (int64_t i = 0; i < m * n; ++i) {
+            ref.data<float>()[i] =
+                ref.data<float>()[i] * q->scale.data<float>()[i % n] + bias.data<float>()[i % n];
+          }
+        }
+        EXPECT_LE(max_rel(*y, ref), 2e-6) << what << " m " << m;
+      }
+    }
+  }
+}
+
+// int4dq against its definition (the golden fixture's): exact int32 sums per group, combined
+// in float64 with both scales; asymmetric uint8 and symmetric int8 activations.
+TEST(TorchAoInt4Dq, MatchesPerGroupInt32Reference) {
+  const int64_t n = 70;
+  for (int64_t gs : {32, 128}) {
+    const int64_t k = gs == 32 ? 160 : 384;
+    const Tensor w = randn({n, k}, 21, 0.05f);
+    for (bool sym : {false, true}) {
+      auto spec = torchao::parse_quant_type("int4dq", gs);
+      ASSERT_TRUE(spec.ok());
+      spec->act_symmetric = sym;
+      auto q = torchao::quantize_weight(w, *spec);
+      ASSERT_TRUE(q.ok()) << q.status();
+      for (int64_t m : {1, 17}) {
+        const Tensor x = randn({m, k}, 22 + static_cast<uint32_t>(m), 1.5f, 0.3f);
         auto y = torchao::quantized_linear(x, *q);
         ASSERT_TRUE(y.ok());
-        EXPECT_LE(max_rel(*y, ref), 1e-5) << qt;
-        continue;
+        auto a = torchao::quantize_activation(x, *spec);
+        ASSERT_TRUE(a.ok());
+        const int64_t g = k / gs;
+        Tensor ref = Tensor::empty({m, n});
+        for (int64_t r = 0; r < m; ++r) {
+          for (int64_t c = 0; c < n; ++c) {
+            double sum = 0.0;
+            for (int64_t gi = 0; gi < g; ++gi) {
+              int32_t acc = 0;
+              for (int64_t j = gi * gs; j < (gi + 1) * gs; ++j) {
+                const int32_t xv = sym ? int32_t{a->qdata.data<int8_t>()[r * k + j]}
+                                       : int32_t{a->qdata.data<uint8_t>()[r * k + j]} -
+                                             a->zero_point.data<int32_t>()[r];
+                acc += xv * (int32_t{q->qdata.data<uint8_t>()[c * k + j]} -
+                             q->zero_point.data<int32_t>()[c * g + gi]);
+              }
+              sum += static_cast<double>(acc) * a->scale.data<float>()[r] *
+                     static_cast<double>(q->scale.data<float>()[c * g + gi]);
+            }
+            ref.data<float>()[r * n + c] = static_cast<float>(sum);
+          }
+        }
+        EXPECT_LE(max_rel(*y, ref), 2e-6) << "gs " << gs << " sym " << sym << " m " << m;
       }
+    }
+  }
+}
+
+// float8dq: panels of decoded fp8 weights against the products of the decoded codes summed in
+// float64, per-row and per-tensor scales.
+TEST(TorchAoFloat8Dq, MatchesDecodedProducts) {
+  const int64_t n = 90, k = 200;
+  const Tensor w = randn({n, k}, 31, 0.05f);
+  for (const char* qt : {"float8dq_e4m3_row", "float8dq_e4m3_tensor"}) {
+    auto spec = torchao::parse_quant_type(qt);
+    ASSERT_TRUE(spec.ok()) << qt;
+    auto q = torchao::quantize_weight(w, *spec);
+    ASSERT_TRUE(q.ok()) << q.status();
+    for (int64_t m : {1, 17}) {
+      const Tensor x = randn({m, k}, 32 + static_cast<uint32_t>(m));
       auto y = torchao::quantized_linear(x, *q);
       ASSERT_TRUE(y.ok());
-      EXPECT_LE(max_rel(*y, ref), 1e-6) << qt << (bf16 ? " bf16" : "");
-    }
-  }
-}
-
-// bnb 4-bit: table-driven panels against bnb4_dequantize + one sgemm, nf4/fp4, double quant.
-TEST(Bnb4Linear, PanelsMatchDequantizedGemm) {
-  const int64_t m = 24, n = 150, k = 320;
-  const Tensor x = randn({m, k}, 4);
-  const Tensor w = randn({n, k}, 5, 0.05f);
-  const Tensor bias = randn({n}, 6);
-  for (Quant4 t : {Quant4::kNF4, Quant4::kFP4}) {
-    for (bool dq : {false, true}) {
-      Bnb4Options opt;
-      opt.quant_type = t;
-      opt.double_quant = dq;
-      auto q = bnb4_quantize(w, opt);
-      ASSERT_TRUE(q.ok()) << q.status();
-      const Tensor wd = bnb4_dequantize(*q);
+      auto a = torchao::quantize_activation(x, *spec);
+      ASSERT_TRUE(a.ok());
       Tensor ref = Tensor::empty({m, n});
-      for (int64_t i = 0; i < m; ++i)
-        std::memcpy(ref.data<float>() + i * n, bias.data<float>(), n * sizeof(float));
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, x.data<float>(), k,
-                  wd.data<float>(), k, 1.0f, ref.data<float>(), n);
-      EXPECT_LE(max_rel(bnb4_linear(x, *q, &bias), ref), 1e-6);
-      const Tensor y1 = bnb4_linear(row(x, 3), *q, &bias);
-      Tensor r1 = Tensor::empty({1, n});
-      std::memcpy(r1.raw(), ref.data<float>() + 3 * n, n * sizeof(float));
-      EXPECT_LE(max_rel(y1, r1), 1e-6);
+      for (int64_t r = 0; r < m; ++r) {
+        for (int64_t c = 0; c < n; ++c) {
+          double sum = 0.0;
+          for (int64_t j = 0; j < k; ++j)
+            sum +=
+                static_cast<double>(dmath::f8e4m3fn_to_f32(a->qdata.data<uint8_t>()[r * k + j])) *
+                dmath::f8e4m3fn_to_f32(q->qdata.data<uint8_t>()[c * k + j]);
+          const float sx = a->scale.data<float>()[spec->per_row ? r : 0];
+          const float sw = q->scale.data<float>()[spec->per_row ? c : 0];
+          ref.data<float>()[r * n + c] = static_cast<float>(sum * sx * sw);
+        }
+      }
+      EXPECT_LE(max_rel(*y, ref), 2e-6) << qt << " m " << m;
     }
   }
 }
 
-TEST(Bnb8Linear, ParallelRowQuantEqualsReference) {
-  Tensor x = randn({9, 333}, 11, 3.0f);
-  x.data<float>()[5] = 0.0f;
-  for (int64_t c = 0; c < 333; ++c) x.data<float>()[2 * 333 + c] = 0.0f;  // an all-zero row
-  x.data<float>()[40] = 70000.0f;                                          // float16 overflow
-  for (float t : {0.0f, 6.0f}) {
-    const Int8RowQuant a = int8_vectorwise_quant(x, t), b = int8_vectorwise_quant_parallel(x, t);
-    EXPECT_EQ(a.q, b.q) << t;
-    EXPECT_EQ(a.outlier_cols, b.outlier_cols) << t;
-    ASSERT_EQ(a.row_absmax.size(), b.row_absmax.size());
-    for (size_t i = 0; i < a.row_absmax.size(); ++i)
-      EXPECT_EQ(a.row_absmax[i], b.row_absmax[i]) << t << " row " << i;
+// bnb 4-bit: the table-driven panel decode reproduces bnb4_dequantize bit for bit (through
+// x = I), also for an odd in_features whose rows start mid-byte; on random x the panels match one
+// sgemm on the dequantized weight, nf4/fp4, with and without double quant.
+TEST(Bnb4Linear, PanelsMatchDequantizedGemm) {
+  const int64_t n = 150;
+  for (int64_t k : {320, 333}) {
+    const Tensor w = randn({n, k}, 5, 0.05f);
+    const Tensor bias = randn({n}, 6);
+    for (Quant4 t : {Quant4::kNF4, Quant4::kFP4}) {
+      for (bool dq : {false, true}) {
+        Bnb4Options opt;
+        opt.quant_type = t;
+        opt.double_quant = dq;
+        auto q = bnb4_quantize(w, opt);
+        ASSERT_TRUE(q.ok()) << q.status();
+        const Tensor wd = bnb4_dequantize(*q);
+        const std::string what =
+            std::string(quant4_name(t)) + (dq ? " dq" : "") + " k " + std::to_string(k);
+        expect_transposed_equal(bnb4_linear(identity(k), *q, nullptr), wd, what);
+        for (int64_t m : {1, 17, 24}) {
+          const Tensor x = randn({m, k}, 4 + static_cast<uint32_t>(m));
+          EXPECT_LE(max_rel(bnb4_linear(x, *q, &bias), sgemm_ref(x, wd, &bias)), 2e-6)
+              << what << " m " << m;
+        }
+      }
+    }
   }
 }
 
