@@ -50,8 +50,9 @@ Tensor output_with_bias(const Tensor& x, int64_t n, const Tensor* bias, const ch
 }
 
 // Flat elements [begin, begin + count) of the 4-bit weight, each lut[code] * scales[block] (the
-// product bnb::dequant4 computes), into out. Any begin and count: a row of an odd in_features
-// starts in the low nibble of a byte.
+// product bnb::dequant4 computes), into out. begin is even (panels start at an even row) and
+// blocks are a power of two >= 32 long (bnb4_validate), so every block segment starts on a whole
+// byte; only the weight's last element can be a lone high nibble (N·K odd).
 void decode4(const float* lut, const uint8_t* packed, const float* scales, int64_t bs,
              int64_t begin, int64_t count, float* out) {
 #if defined(__AVX512F__)
@@ -67,10 +68,6 @@ void decode4(const float* lut, const uint8_t* packed, const float* scales, int64
     const int64_t blk = f / bs, stop = std::min((blk + 1) * bs, end);
     const float s = scales[blk];
     int64_t i = f;
-    if ((i & 1) != 0) {  // odd element: the low nibble
-      out[i - begin] = lut[packed[i >> 1] & 15] * s;
-      ++i;
-    }
 #if defined(__AVX512F__)
     const __m512 sv = _mm512_set1_ps(s);
     for (; i + 32 <= stop; i += 32) {  // i even: 16 whole bytes
@@ -88,7 +85,7 @@ void decode4(const float* lut, const uint8_t* packed, const float* scales, int64
       out[i - begin] = lut[byte >> 4] * s;
       out[i - begin + 1] = lut[byte & 15] * s;
     }
-    if (i < stop) out[i - begin] = lut[packed[i >> 1] >> 4] * s;  // even element before `end`
+    if (i < stop) out[i - begin] = lut[packed[i >> 1] >> 4] * s;  // the last, odd-N·K element
     f = stop;
   }
 }
@@ -117,7 +114,7 @@ Tensor bnb4_linear(const Tensor& x, const Bnb4Weight& w, const Tensor* bias) {
     std::vector<float> panel(static_cast<size_t>(std::min(tile, n) * k));
 #pragma omp for schedule(dynamic)
     for (int64_t t = 0; t < tiles; ++t) {
-      const int64_t r0 = t * tile, rows = std::min(tile, n - r0);
+      const int64_t r0 = t * tile, rows = std::min(tile, n - r0);  // r0 even: see decode4
       decode4(lut, packed, scales.data<float>(), w.blocksize, r0 * k, rows * k, panel.data());
       // No rounding to w.dtype: bitsandbytes 0.50's matmul_4bit (gemm_4bit) dequantizes straight
       // to the activation dtype, whatever dtype the weight was quantized from.
