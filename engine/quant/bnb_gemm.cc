@@ -17,6 +17,7 @@
 #include "engine/core/check.h"
 #include "engine/quant/bnb_formats.h"
 #include "engine/quant/int_gemm.h"
+#include "engine/quant/panel_gemm.h"
 #include "kernels/common/bnb_decode.h"
 
 namespace fluxserve {
@@ -104,30 +105,12 @@ Tensor bnb4_linear(const Tensor& x, const Bnb4Weight& w, const Tensor* bias) {
   const uint8_t* packed = w.packed.data<uint8_t>();
   const float* xp = x.data<float>();
   float* yp = y.data<float>();
-  // 64-row panels (768 KiB of f32 at K = 3072) stay in L2 for the sgemm; GEMV panels are smaller
-  // so that every thread gets work. sgemm runs single-threaded inside the parallel region
-  // (OpenBLAS' OpenMP build checks omp_in_parallel), the panels are what is shared out.
-  const int64_t tile = m == 1 ? 16 : 64;
-  const int64_t tiles = (n + tile - 1) / tile;
-#pragma omp parallel
-  {
-    std::vector<float> panel(static_cast<size_t>(std::min(tile, n) * k));
-#pragma omp for schedule(dynamic)
-    for (int64_t t = 0; t < tiles; ++t) {
-      const int64_t r0 = t * tile, rows = std::min(tile, n - r0);  // r0 even: see decode4
-      decode4(lut, packed, scales.data<float>(), w.blocksize, r0 * k, rows * k, panel.data());
-      // No rounding to w.dtype: bitsandbytes 0.50's matmul_4bit (gemm_4bit) dequantizes straight
-      // to the activation dtype, whatever dtype the weight was quantized from.
-      if (m == 1) {
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<int>(rows), static_cast<int>(k), 1.0f,
-                    panel.data(), static_cast<int>(k), xp, 1, 1.0f, yp + r0, 1);
-      } else {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m),
-                    static_cast<int>(rows), static_cast<int>(k), 1.0f, xp, static_cast<int>(k),
-                    panel.data(), static_cast<int>(k), 1.0f, yp + r0, static_cast<int>(n));
-      }
-    }
-  }
+  // No rounding to w.dtype: bitsandbytes 0.50's matmul_4bit (gemm_4bit) dequantizes straight to
+  // the activation dtype, whatever dtype the weight was quantized from. Panels start at a
+  // multiple of 16 rows, so decode4's begin is even.
+  panel_gemm(m, n, k, xp, 1.0f, yp, [&](int64_t r0, int64_t rows, float* dst) {
+    decode4(lut, packed, scales.data<float>(), w.blocksize, r0 * k, rows * k, dst);
+  });
   return y;
 }
 

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <vector>
 
+#include "engine/quant/panel_gemm.h"
+
 namespace fluxserve {
 
 int64_t exact_sgemm_chunk(int64_t max_a, int64_t max_b) {
@@ -16,9 +18,9 @@ void int8_gemm_exact(const float* a, int64_t m, int64_t k, const int8_t* b, int6
                      int32_t* acc) {
   if (m <= 0 || n <= 0) return;
   const int64_t chunk = exact_sgemm_chunk(128, 128);  // int8 codes include -128
-  // 128 weight rows per panel: enough columns per sgemm to amortize the packing of `a`, and
-  // N / 128 panels to share between threads.
-  const int64_t tile = 128;
+  // Panels of weight rows as the dequantizing linears use them (panel_gemm.h): sgemm packs all
+  // of `a` again for every panel and chunk.
+  const int64_t tile = panel_rows(m, n);
   const int64_t tiles = (n + tile - 1) / tile;
 #pragma omp parallel
   {

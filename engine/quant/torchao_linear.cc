@@ -2,13 +2,12 @@
 // weight rows decoded to f32 in per-thread buffers (never the whole weight per call), except
 // int8dq, whose int32 accumulator is computed exactly (chunked sgemm for token batches, direct
 // int8 dot products for a few rows).
-#include <cblas.h>
-
 #include <algorithm>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "engine/quant/int_gemm.h"
+#include "engine/quant/panel_gemm.h"
 #include "engine/quant/torchao_formats.h"
 #include "kernels/common/dtype_math.h"
 
@@ -21,38 +20,6 @@ int64_t groups_of(const FormatSpec& s, int64_t k) {
 
 float from_fp8(uint8_t b, DType t) {
   return t == DType::kF8E5M2 ? dmath::f8e5m2_to_f32(b) : dmath::f8e4m3fn_to_f32(b);
-}
-
-// y [m, n] = x [m, k] · Wᵀ where decode(r0, rows, dst) writes weight rows [r0, r0 + rows) as f32.
-// Panels of rows are decoded into per-thread buffers, OpenMP over panels; OpenBLAS' OpenMP build
-// runs sgemm single-threaded inside the parallel region (as ggml_linear.cc relies on).
-template <class Decode>
-void panel_gemm(int64_t m, int64_t n, int64_t k, const float* xp, float* yp, Decode&& decode) {
-  if (m <= 0 || n <= 0) return;
-  if (k == 0) {
-    std::fill_n(yp, m * n, 0.0f);
-    return;
-  }
-  // 64-row panels (768 KiB at K = 3072) stay in L2; GEMV panels are smaller to share the work.
-  const int64_t tile = m == 1 ? 16 : 64;
-  const int64_t tiles = (n + tile - 1) / tile;
-#pragma omp parallel
-  {
-    std::vector<float> panel(static_cast<size_t>(std::min(tile, n) * k));
-#pragma omp for schedule(dynamic)
-    for (int64_t t = 0; t < tiles; ++t) {
-      const int64_t r0 = t * tile, rows = std::min(tile, n - r0);
-      decode(r0, rows, panel.data());
-      if (m == 1) {
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<int>(rows), static_cast<int>(k), 1.0f,
-                    panel.data(), static_cast<int>(k), xp, 1, 0.0f, yp + r0, 1);
-      } else {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m),
-                    static_cast<int>(rows), static_cast<int>(k), 1.0f, xp, static_cast<int>(k),
-                    panel.data(), static_cast<int>(k), 0.0f, yp + r0, static_cast<int>(n));
-      }
-    }
-  }
 }
 
 // y[r, c] = (y[r, c] * row_scale[r]) * col_scale[c]; a null scale is skipped, a scale of size 1
@@ -126,7 +93,7 @@ void int4dq_linear(const QuantizedActivation& a, const QuantizedWeight& w, bool 
   const uint8_t* qw = w.qdata.data<uint8_t>();
   const int32_t* zw = w.zero_point.data<int32_t>();
   const float* sw = w.scale.data<float>();
-  panel_gemm(m, n, k, xf.data(), yp, [&](int64_t r0, int64_t rows, float* dst) {
+  panel_gemm(m, n, k, xf.data(), 0.0f, yp, [&](int64_t r0, int64_t rows, float* dst) {
     for (int64_t r = r0; r < r0 + rows; ++r) {
       for (int64_t gi = 0; gi < g; ++gi) {
         const int32_t z = zw[r * g + gi];
@@ -168,7 +135,7 @@ absl::StatusOr<Tensor> quantized_linear(const Tensor& x, const QuantizedWeight& 
     case Format::kInt8WeightOnly: {
       // Int8Tensor per-row path: (x @ q^T) * scale; the codes are widened panel by panel.
       const int8_t* qd = w.qdata.data<int8_t>();
-      panel_gemm(m, n, k, x2.data<float>(), yp, [&](int64_t r0, int64_t rows, float* dst) {
+      panel_gemm(m, n, k, x2.data<float>(), 0.0f, yp, [&](int64_t r0, int64_t rows, float* dst) {
         for (int64_t i = 0; i < rows * k; ++i) dst[i] = qd[r0 * k + i];
       });
       scale_output(m, n, yp, nullptr, false, sw, false);
@@ -201,7 +168,7 @@ absl::StatusOr<Tensor> quantized_linear(const Tensor& x, const QuantizedWeight& 
 #pragma omp parallel for schedule(static) if (m * k > (1 << 16))
       for (int64_t i = 0; i < m * k; ++i) xf[static_cast<size_t>(i)] = xlut[qx[i]];
       const uint8_t* qw = w.qdata.data<uint8_t>();
-      panel_gemm(m, n, k, xf.data(), yp, [&](int64_t r0, int64_t rows, float* dst) {
+      panel_gemm(m, n, k, xf.data(), 0.0f, yp, [&](int64_t r0, int64_t rows, float* dst) {
         for (int64_t i = 0; i < rows * k; ++i) dst[i] = lut[qw[r0 * k + i]];
       });
       // (acc * s_x) * s_w as one scale s_x · s_w per element, as before: _scaled_mm multiplies
@@ -216,7 +183,7 @@ absl::StatusOr<Tensor> quantized_linear(const Tensor& x, const QuantizedWeight& 
     default: {
       // Weight-only: dequantize (in the weight dtype, as torchao) then an f32 GEMM, one panel of
       // rows at a time so the decoded weight stays in cache and the decode runs in parallel.
-      panel_gemm(m, n, k, x2.data<float>(), yp,
+      panel_gemm(m, n, k, x2.data<float>(), 0.0f, yp,
                  [&](int64_t r0, int64_t rows, float* dst) { dequantize_rows(w, r0, rows, dst); });
       break;
     }
