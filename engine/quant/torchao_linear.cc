@@ -22,19 +22,17 @@ float from_fp8(uint8_t b, DType t) {
   return t == DType::kF8E5M2 ? dmath::f8e5m2_to_f32(b) : dmath::f8e4m3fn_to_f32(b);
 }
 
-// y[r, c] = (y[r, c] * row_scale[r]) * col_scale[c]; a null scale is skipped, a scale of size 1
-// (per tensor) applies to every row / column.
-void scale_output(int64_t m, int64_t n, float* yp, const float* row_scale, bool row_per_tensor,
-                  const float* col_scale, bool col_per_tensor) {
+// y[r, c] = (y[r, c] * row_scale[r]) * col_scale[c], a null scale skipped (int8wo scales the
+// output per weight row, int4dq per token).
+void scale_output(int64_t m, int64_t n, float* yp, const float* row_scale, const float* col_scale) {
 #pragma omp parallel for schedule(static) if (m * n > (1 << 16))
   for (int64_t r = 0; r < m; ++r) {
     float* y = yp + r * n;
     if (row_scale != nullptr) {
-      const float s = row_scale[row_per_tensor ? 0 : r];
-      for (int64_t c = 0; c < n; ++c) y[c] *= s;
+      for (int64_t c = 0; c < n; ++c) y[c] *= row_scale[r];
     }
     if (col_scale != nullptr) {
-      for (int64_t c = 0; c < n; ++c) y[c] *= col_scale[col_per_tensor ? 0 : c];
+      for (int64_t c = 0; c < n; ++c) y[c] *= col_scale[c];
     }
   }
 }
@@ -81,13 +79,16 @@ void int4dq_linear(const QuantizedActivation& a, const QuantizedWeight& w, bool 
                    int64_t n, int64_t k, float* yp) {
   const int64_t g = groups_of(w.spec, k), gs = k / g;
   std::vector<float> xf(static_cast<size_t>(m * k));
+  const uint8_t* xu = asym ? a.qdata.data<uint8_t>() : nullptr;
+  const int8_t* xs = asym ? nullptr : a.qdata.data<int8_t>();
+  const int32_t* zx = asym ? a.zero_point.data<int32_t>() : nullptr;
 #pragma omp parallel for schedule(static) if (m * k > (1 << 16))
   for (int64_t r = 0; r < m; ++r) {
-    const int32_t zx = asym ? a.zero_point.data<int32_t>()[r] : 0;
-    for (int64_t j = 0; j < k; ++j) {
-      const int32_t v = asym ? int32_t{a.qdata.data<uint8_t>()[r * k + j]} - zx
-                             : int32_t{a.qdata.data<int8_t>()[r * k + j]};
-      xf[static_cast<size_t>(r * k + j)] = static_cast<float>(v);
+    float* o = xf.data() + r * k;
+    if (asym) {
+      for (int64_t j = 0; j < k; ++j) o[j] = static_cast<float>(int32_t{xu[r * k + j]} - zx[r]);
+    } else {
+      for (int64_t j = 0; j < k; ++j) o[j] = static_cast<float>(xs[r * k + j]);
     }
   }
   const uint8_t* qw = w.qdata.data<uint8_t>();
@@ -104,7 +105,7 @@ void int4dq_linear(const QuantizedActivation& a, const QuantizedWeight& w, bool 
       }
     }
   });
-  scale_output(m, n, yp, a.scale.data<float>(), false, nullptr, false);
+  scale_output(m, n, yp, a.scale.data<float>(), nullptr);
 }
 
 }  // namespace
@@ -138,7 +139,7 @@ absl::StatusOr<Tensor> quantized_linear(const Tensor& x, const QuantizedWeight& 
       panel_gemm(m, n, k, x2.data<float>(), 0.0f, yp, [&](int64_t r0, int64_t rows, float* dst) {
         for (int64_t i = 0; i < rows * k; ++i) dst[i] = qd[r0 * k + i];
       });
-      scale_output(m, n, yp, nullptr, false, sw, false);
+      scale_output(m, n, yp, nullptr, sw);
       break;
     }
     case Format::kInt8DynAct: {
@@ -171,8 +172,7 @@ absl::StatusOr<Tensor> quantized_linear(const Tensor& x, const QuantizedWeight& 
       panel_gemm(m, n, k, xf.data(), 0.0f, yp, [&](int64_t r0, int64_t rows, float* dst) {
         for (int64_t i = 0; i < rows * k; ++i) dst[i] = lut[qw[r0 * k + i]];
       });
-      // (acc * s_x) * s_w as one scale s_x · s_w per element, as before: _scaled_mm multiplies
-      // the accumulator by the product of the two scales.
+      // acc · (s_x · s_w): _scaled_mm multiplies the accumulator by the product of the scales.
 #pragma omp parallel for schedule(static) if (m * n > (1 << 16))
       for (int64_t r = 0; r < m; ++r) {
         const float sx = a->scale.data<float>()[spec.per_row ? r : 0];
