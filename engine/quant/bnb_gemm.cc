@@ -129,11 +129,8 @@ Tensor bnb8_linear(const Tensor& x, const Bnb8Weight& w, const Tensor* bias, flo
   // both paths, so a row gives the same bits alone or in a batch.
   std::vector<int32_t> acc(static_cast<size_t>(m * n));
   if (m >= 16) {
-    // Token batches: chunked sgemm on the codes as f32 (int_gemm.h explains why it is exact).
-    std::vector<float> af(static_cast<size_t>(m * k));
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < m * k; ++i) af[static_cast<size_t>(i)] = qa.q[static_cast<size_t>(i)];
-    int8_gemm_exact(af.data(), m, k, cb, n, acc.data());
+    // Token batches: an integer GEMM (int_gemm.h: VNNI, or chunked sgemm kept exact).
+    int8_gemm_exact(qa.q.data(), m, k, cb, n, acc.data());
   } else {
     // A few rows: direct dot products, parallel over the weight rows (widening the weight to f32
     // would cost more than the products).

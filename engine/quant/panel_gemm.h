@@ -13,6 +13,9 @@
 
 namespace fluxserve {
 
+// Multiply-adds below which a quantized linear runs on the calling thread.
+constexpr int64_t kParallelWork = int64_t{1} << 20;
+
 // Rows per panel: sgemm packs all of x [m, k] again for every panel, so token batches take tall
 // panels (256 rows: the x packing is ~1/256 of the multiply work), but never so few panels that a
 // thread idles; a GEMV reads each decoded value once, so its panels stay small. Always a
@@ -36,7 +39,8 @@ void panel_gemm(int64_t m, int64_t n, int64_t k, const float* x, float beta, flo
   }
   const int64_t tile = panel_rows(m, n);
   const int64_t tiles = (n + tile - 1) / tile;
-#pragma omp parallel
+  // Small products stay on the calling thread: a parallel region costs more than they do.
+#pragma omp parallel if (tiles > 1 && m * n * k >= kParallelWork)
   {
     std::vector<float> panel(static_cast<size_t>(std::min(tile, n) * k));
 #pragma omp for schedule(dynamic)

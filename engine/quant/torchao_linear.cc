@@ -44,11 +44,8 @@ void int8dq_linear(const QuantizedActivation& a, const QuantizedWeight& w, int64
   const int8_t* qw = w.qdata.data<int8_t>();
   std::vector<int32_t> acc(static_cast<size_t>(m * n));
   if (m >= 16) {
-    // Token batches: the codes as f32 through exact chunked sgemm (int_gemm.h).
-    std::vector<float> xf(static_cast<size_t>(m * k));
-#pragma omp parallel for schedule(static) if (m * k > (1 << 16))
-    for (int64_t i = 0; i < m * k; ++i) xf[static_cast<size_t>(i)] = qx[i];
-    int8_gemm_exact(xf.data(), m, k, qw, n, acc.data());
+    // Token batches: an integer GEMM (int_gemm.h: VNNI, or chunked sgemm kept exact).
+    int8_gemm_exact(qx, m, k, qw, n, acc.data());
   } else {
     // A few rows: direct dot products, parallel over the weight rows.
 #pragma omp parallel for schedule(static) if (n * k > (1 << 16))

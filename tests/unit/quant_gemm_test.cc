@@ -76,30 +76,76 @@ TEST(IntGemm, ChunkBoundKeepsPartialSumsExact) {
   EXPECT_EQ(exact_sgemm_chunk(255, 15), 4386);
 }
 
-// All operands at the int8 extremes: one unchunked f32 sum would pass 2^24 after 1025 products
-// and round. N = 130 is one full 128-row panel plus a partial one.
-TEST(IntGemm, AdversarialExtremesAreExact) {
-  for (int64_t k : {1, 1024, 1025, 3072, 5000}) {
-    for (int64_t m : {1, 5}) {
+// acc = a · bᵀ in int64, the reference for both int8 GEMMs.
+std::vector<int32_t> int_ref(const std::vector<int8_t>& a, int64_t m, int64_t k,
+                             const std::vector<int8_t>& b, int64_t n) {
+  std::vector<int32_t> r(static_cast<size_t>(m * n));
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t j = 0; j < n; ++j) {
+      int64_t s = 0;
+      for (int64_t c = 0; c < k; ++c) s += int64_t{a[i * k + c]} * b[j * k + c];
+      r[i * n + j] = static_cast<int32_t>(s);
+    }
+  }
+  return r;
+}
+
+// Both implementations (the VNNI one where this build has it) and the dispatcher on operands at
+// the int8 extremes: one unchunked f32 sum would pass 2^24 after 1025 products and round, and
+// a = 127 against b = -128 drives the VNNI lanes (a + 128 = 255) to 255·128·K. K not a multiple
+// of 4 or of the sgemm chunk, M not a multiple of the 6-row micro-kernel, N of a 64-row strip.
+TEST(IntGemm, BothPathsExactOnExtremes) {
+  for (int64_t k : {1, 3, 1024, 1025, 3072, 5001}) {
+    for (int64_t m : {1, 5, 17}) {
       const int64_t n = 130;
-      std::vector<float> a(static_cast<size_t>(m * k));
-      std::vector<int8_t> b(static_cast<size_t>(n * k));
-      for (int64_t i = 0; i < m * k; ++i) a[i] = (i % 7 == 0) ? 127.0f : -128.0f;
+      std::vector<int8_t> a(static_cast<size_t>(m * k)), b(static_cast<size_t>(n * k));
+      for (int64_t i = 0; i < m * k; ++i) a[i] = (i % 7 == 0) ? -128 : 127;
       for (int64_t i = 0; i < n * k; ++i) b[i] = (i % 5 == 0) ? 127 : -128;
-      std::vector<int32_t> acc(static_cast<size_t>(m * n));
-      int8_gemm_exact(a.data(), m, k, b.data(), n, acc.data());
-      for (int64_t i = 0; i < m; ++i) {
-        for (int64_t j = 0; j < n; ++j) {
-          int64_t want = 0;
-          for (int64_t c = 0; c < k; ++c) want += static_cast<int64_t>(a[i * k + c]) * b[j * k + c];
-          ASSERT_EQ(acc[i * n + j], want) << "m " << m << " k " << k << " at " << i << "," << j;
-        }
+      const std::vector<int32_t> want = int_ref(a, m, k, b, n);
+      std::vector<int32_t> acc(static_cast<size_t>(m * n), 7);
+      int8_gemm_sgemm(a.data(), m, k, b.data(), n, acc.data());
+      ASSERT_EQ(acc, want) << "sgemm m " << m << " k " << k;
+      std::fill(acc.begin(), acc.end(), 7);
+      if (int8_gemm_vnni(a.data(), m, k, b.data(), n, acc.data())) {
+        ASSERT_EQ(acc, want) << "vnni m " << m << " k " << k;
       }
+      std::fill(acc.begin(), acc.end(), 7);
+      int8_gemm_exact(a.data(), m, k, b.data(), n, acc.data());
+      ASSERT_EQ(acc, want) << "exact m " << m << " k " << k;
     }
   }
 }
 
-// bnb8_linear runs the chunked sgemm from 16 rows on and direct dot products below; with
+// The largest K the VNNI kernel takes: every lane at 255·(-128)·65536, just inside int32.
+TEST(IntGemm, LongestVnniK) {
+  const int64_t m = 7, n = 3, k = 65536;
+  std::vector<int8_t> a(static_cast<size_t>(m * k), 127), b(static_cast<size_t>(n * k), -128);
+  const std::vector<int32_t> want(static_cast<size_t>(m * n), 127 * -128 * 65536);
+  std::vector<int32_t> acc(static_cast<size_t>(m * n));
+  int8_gemm_exact(a.data(), m, k, b.data(), n, acc.data());
+  EXPECT_EQ(acc, want);
+  int8_gemm_sgemm(a.data(), m, k, b.data(), n, acc.data());
+  EXPECT_EQ(acc, want);
+}
+
+// Random codes: the two implementations agree with the reference.
+TEST(IntGemm, BothPathsExactOnRandomCodes) {
+  const int64_t m = 23, n = 77, k = 301;
+  std::vector<int8_t> a(static_cast<size_t>(m * k)), b(static_cast<size_t>(n * k));
+  uint32_t st = 12345;
+  auto next = [&] { return static_cast<int8_t>((st = st * 1664525u + 1013904223u) >> 24); };
+  for (int8_t& v : a) v = next();
+  for (int8_t& v : b) v = next();
+  const std::vector<int32_t> want = int_ref(a, m, k, b, n);
+  std::vector<int32_t> acc(static_cast<size_t>(m * n));
+  int8_gemm_sgemm(a.data(), m, k, b.data(), n, acc.data());
+  EXPECT_EQ(acc, want);
+  if (int8_gemm_vnni(a.data(), m, k, b.data(), n, acc.data())) {
+    EXPECT_EQ(acc, want);
+  }
+}
+
+// bnb8_linear runs the integer GEMM from 16 rows on and direct dot products below; with
 // threshold 0 rows are quantized independently, so the two must agree bit for bit. ±1 inputs
 // and weights make every code ±127 and the accumulators pass 2^24.
 TEST(Bnb8Linear, BatchedPathEqualsRowByRowOnExtremes) {
@@ -155,7 +201,7 @@ TEST(Bnb8Linear, BatchedPathEqualsRowByRowOnRandomValues) {
   }
 }
 
-// int8dq: per-token activation scales, so the batched (chunked sgemm) path equals row by row.
+// int8dq: per-token activation scales, so the batched (integer GEMM) path equals row by row.
 TEST(TorchAoInt8Dq, BatchedPathEqualsRowByRowOnExtremes) {
   const int64_t m = 17, n = 40, k = 2048 + 64;
   Tensor x = Tensor::empty({m, k}), w = Tensor::empty({n, k});
