@@ -1,7 +1,5 @@
 #include "engine/quant/bnb_formats.h"
 
-#include <cblas.h>
-
 #include <algorithm>
 #include <array>
 #include <charconv>
@@ -620,6 +618,9 @@ Int8RowQuant int8_vectorwise_quant(const Tensor& x, float threshold) {
   r.q.assign(static_cast<size_t>(m * k), 0);
   r.row_absmax.assign(static_cast<size_t>(m), 0.0f);
   std::vector<float> a(static_cast<size_t>(m * k));
+  // Rows are independent except for the outlier columns (found serially below); activations are
+  // quantized on every LLM.int8 forward, so the per-element work runs in parallel.
+#pragma omp parallel for schedule(static) if (m * k > (1 << 16))
   for (int64_t i = 0; i < m * k; ++i) a[i] = round_to_f16(xp[i]);
   std::vector<char> outlier_col(static_cast<size_t>(k), 0);
   if (threshold > 0.0f) {
@@ -633,6 +634,7 @@ Int8RowQuant int8_vectorwise_quant(const Tensor& x, float threshold) {
     for (int64_t c = 0; c < k; ++c)
       if (outlier_col[c]) r.outlier_cols.push_back(c);
   }
+#pragma omp parallel for schedule(static) if (m * k > (1 << 16))
   for (int64_t i = 0; i < m; ++i) {
     float am = 0.0f;
     for (int64_t c = 0; c < k; ++c) am = std::max(am, std::fabs(a[i * k + c]));
@@ -715,107 +717,6 @@ absl::StatusOr<Bnb8Weight> bnb8_load(const std::string& prefix, const KeyChecker
     }
   }
   return w;
-}
-
-// ---- linears ----------------------------------------------------------------------------
-
-namespace {
-
-int64_t rows_of(const Tensor& x) { return x.dim() == 0 ? 1 : x.numel() / x.size(-1); }
-
-// y [m, n] initialised with the bias rows (beta = 1 for the GEMMs) or zeros.
-Tensor output_with_bias(const Tensor& x, int64_t n, const Tensor* bias, const char* op) {
-  Shape s = x.shape();
-  s.back() = n;
-  Tensor y = Tensor::empty(s);
-  const int64_t m = rows_of(x);
-  if (bias != nullptr) {
-    FLUX_CHECK(bias->numel() == n)
-        << op << ": bias " << bias->shape_str() << " for " << n << " outputs";
-    absl::StatusOr<Tensor> b = bias->as_f32();
-    FLUX_CHECK(b.ok()) << b.status();
-    for (int64_t i = 0; i < m; ++i)
-      std::memcpy(y.data<float>() + i * n, b->data<float>(),
-                  static_cast<size_t>(n) * sizeof(float));
-  } else {
-    std::memset(y.raw(), 0, y.nbytes());
-  }
-  return y;
-}
-
-}  // namespace
-
-Tensor bnb4_linear(const Tensor& x, const Bnb4Weight& w, const Tensor* bias) {
-  FLUX_CHECK(x.dtype() == DType::kF32 && w.shape.size() == 2 && x.size(-1) == w.shape[1])
-      << "bnb4_linear: x " << x.shape_str() << " vs weight " << shape_str(w.shape);
-  const int64_t m = rows_of(x), n = w.shape[0], k = w.shape[1];
-  Tensor y = output_with_bias(x, n, bias, "bnb4_linear");
-  if (m == 0 || n == 0 || k == 0) return y;
-  const Tensor scales = bnb4_block_scales(w);
-  // Row tiles of about 1 MiB of f32 weight keep the dequantized tile in cache for the GEMM.
-  const int64_t tile = std::max<int64_t>(1, std::min<int64_t>(n, (int64_t{1} << 18) / k));
-  std::vector<float> buf(static_cast<size_t>(tile * k));
-  for (int64_t n0 = 0; n0 < n; n0 += tile) {
-    const int64_t tn = std::min(tile, n - n0);
-    dequant_range(w, scales.data<float>(), n0 * k, tn * k, buf.data());
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m), static_cast<int>(tn),
-                static_cast<int>(k), 1.0f, x.data<float>(), static_cast<int>(k), buf.data(),
-                static_cast<int>(k), 1.0f, y.data<float>() + n0, static_cast<int>(n));
-  }
-  return y;
-}
-
-Tensor bnb8_linear(const Tensor& x, const Bnb8Weight& w, const Tensor* bias, float threshold) {
-  FLUX_CHECK(x.dtype() == DType::kF32 && x.size(-1) == w.in_features())
-      << "bnb8_linear: x " << x.shape_str() << " vs weight " << w.cb.shape_str();
-  const int64_t m = rows_of(x), n = w.out_features(), k = w.in_features();
-  Shape s = x.shape();
-  s.back() = n;
-  Tensor y = Tensor::empty(s);
-  if (m == 0 || n == 0) return y;
-  const Int8RowQuant qa = int8_vectorwise_quant(x, threshold);
-  const int8_t* cb = w.cb.data<int8_t>();
-  const float* scb = w.scb.data<float>();
-  std::vector<float> b32;
-  if (bias != nullptr) {
-    FLUX_CHECK(bias->numel() == n) << "bnb8_linear: bias " << bias->shape_str();
-    absl::StatusOr<Tensor> b = bias->as_f32();
-    FLUX_CHECK(b.ok()) << b.status();
-    b32.assign(b->data<float>(), b->data<float>() + n);
-  }
-  float* yp = y.data<float>();
-  // int8_mm_dequant: (acc * (row_absmax * SCB)) * 6.200124e-05 (bnb's literal), then + bias.
-  constexpr float kDequant = 6.200124e-05f;
-#pragma omp parallel for if (m * n * k > (1 << 20))
-  for (int64_t i = 0; i < m; ++i) {
-    const int8_t* a = qa.q.data() + i * k;
-    for (int64_t j = 0; j < n; ++j) {
-      const int8_t* b = cb + j * k;
-      int32_t acc = 0;
-      for (int64_t c = 0; c < k; ++c)
-        acc += static_cast<int32_t>(a[c]) * static_cast<int32_t>(b[c]);
-      float v = static_cast<float>(acc) * (qa.row_absmax[i] * scb[j]) * kDequant;
-      if (!b32.empty()) v += b32[j];
-      yp[i * n + j] = v;
-    }
-  }
-  if (!qa.outlier_cols.empty()) {
-    // output.addmm(x[:, cols], dequant(CB[:, cols]).t()): original-precision activations
-    // against the dequantized int8 weight columns.
-    const int64_t nc = static_cast<int64_t>(qa.outlier_cols.size());
-    std::vector<float> sa(static_cast<size_t>(m * nc)), sb(static_cast<size_t>(n * nc));
-    const float* xp = x.data<float>();
-    for (int64_t i = 0; i < m; ++i)
-      for (int64_t c = 0; c < nc; ++c) sa[i * nc + c] = xp[i * k + qa.outlier_cols[c]];
-    for (int64_t j = 0; j < n; ++j)
-      for (int64_t c = 0; c < nc; ++c)
-        sb[j * nc + c] =
-            (static_cast<float>(cb[j * k + qa.outlier_cols[c]]) * scb[j]) * 7.874015718698502e-3f;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m), static_cast<int>(n),
-                static_cast<int>(nc), 1.0f, sa.data(), static_cast<int>(nc), sb.data(),
-                static_cast<int>(nc), 1.0f, yp, static_cast<int>(n));
-  }
-  return y;
 }
 
 }  // namespace fluxserve

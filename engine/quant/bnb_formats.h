@@ -121,14 +121,15 @@ struct Int8RowQuant {
 };
 Int8RowQuant int8_vectorwise_quant(const Tensor& x, float threshold);
 
-// ---- CPU reference linears (x: [..., K] f32 -> [..., N] f32) ------------------------------
+// ---- CPU linears (x: [..., K] f32 -> [..., N] f32), in bnb_gemm.cc ---------------------------
 
-// Dequantizes row tiles of the weight to f32 and multiplies with sgemm (bnb's gemm_4bit default
-// path: dequantize_4bit to the activation dtype, then F.linear).
+// Dequantizes panels of weight rows to f32 and multiplies with sgemm (bnb's gemm_4bit default
+// path: dequantize_4bit to the activation dtype, then F.linear); OpenMP over panels.
 Tensor bnb4_linear(const Tensor& x, const Bnb4Weight& w, const Tensor* bias);
 // MatMul8bitLt forward: int8 x int8 -> int32 for the inlier columns, scaled by
 // row_absmax * SCB * 6.200124e-05 (bnb's constant), plus bias, plus the outlier columns in f32
-// against dequantized weight columns. threshold 0 = pure int8.
+// against dequantized weight columns. threshold 0 = pure int8. The int32 accumulator is exact
+// on both internal paths (chunked sgemm from 16 rows on, int8 dot products below).
 Tensor bnb8_linear(const Tensor& x, const Bnb8Weight& w, const Tensor* bias,
                    float threshold = 6.0f);
 

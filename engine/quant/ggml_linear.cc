@@ -1,7 +1,5 @@
 #include "engine/quant/ggml_linear.h"
 
-#include <cblas.h>
-
 #include <algorithm>
 #include <vector>
 
@@ -10,6 +8,7 @@
 #endif
 
 #include "absl/strings/str_cat.h"
+#include "engine/quant/panel_gemm.h"
 #include "kernels/common/dtype_math.h"
 #include "kernels/common/ggml_decode.h"
 
@@ -238,8 +237,8 @@ class GgmlLinear final : public QuantizedLinearWeight {
       : type_(type), info_(ggml::ggml_type_info(type)), fn_(block_fn(type)), n_(n), k_(k),
         data_(data), nbytes_(nbytes), owner_(std::move(owner)) {}
 
-  // x: [..., K] -> [..., N]. Panels of `tile` weight rows are decoded once into a per-thread
-  // buffer and multiplied with every input row (sgemm runs single-threaded inside the region).
+  // x: [..., K] -> [..., N]. Panels of weight rows are decoded once into a per-thread buffer and
+  // multiplied with every input row (panel_gemm.h).
   absl::StatusOr<Tensor> forward(const Tensor& x, const Tensor* bias) const override {
     if (x.dtype() != DType::kF32 || x.dim() < 1 || x.size(-1) != k_) {
       return absl::InvalidArgumentError(absl::StrCat("gguf linear (", info_.name, " [", n_, ", ",
@@ -256,28 +255,9 @@ class GgmlLinear final : public QuantizedLinearWeight {
     Tensor y = Tensor::empty(shape);
     float* yp = y.data<float>();
     const float* xp = x.data<float>();
-    // Big enough panels to amortize sgemm's packing of x, small enough to stay in cache and to
-    // give every thread work.
-    const int64_t tile = m == 1 ? 16 : 64;
-    const int64_t tiles = (n_ + tile - 1) / tile;
-#pragma omp parallel
-    {
-      std::vector<float> panel(static_cast<size_t>(tile * k_));
-#pragma omp for schedule(dynamic)
-      for (int64_t t = 0; t < tiles; ++t) {
-        const int64_t r0 = t * tile, rows = std::min(tile, n_ - r0);
-        decode_rows(fn_, info_, data_, k_, r0, rows, panel.data());
-        if (m == 1) {
-          cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<int>(rows), static_cast<int>(k_),
-                      1.0f, panel.data(), static_cast<int>(k_), xp, 1, 0.0f, yp + r0, 1);
-        } else if (m > 0) {
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m),
-                      static_cast<int>(rows), static_cast<int>(k_), 1.0f, xp,
-                      static_cast<int>(k_), panel.data(), static_cast<int>(k_), 0.0f, yp + r0,
-                      static_cast<int>(n_));
-        }
-      }
-    }
+    panel_gemm(m, n_, k_, xp, 0.0f, yp, [&](int64_t r0, int64_t rows, float* dst) {
+      decode_rows(fn_, info_, data_, k_, r0, rows, dst);
+    });
     if (bias != nullptr) {
       const float* b = bias->data<float>();
 #pragma omp parallel for if (m * n_ > (1 << 16))

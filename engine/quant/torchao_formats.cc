@@ -322,49 +322,69 @@ absl::StatusOr<QuantizedWeight> quantize_weight(const Tensor& w, const FormatSpe
   return q;
 }
 
-Tensor dequantize_weight(const QuantizedWeight& q) {
-  const int64_t n = q.out_features(), k = q.in_features();
+void dequantize_rows(const QuantizedWeight& q, int64_t r0, int64_t rows, float* dst) {
+  const int64_t k = q.in_features();
   const FormatSpec& spec = q.spec;
   const bool bf16 = q.weight_dtype == DType::kBF16;
   const int64_t g = groups_of(spec, k), gs = k / std::max<int64_t>(g, 1);
-  Tensor out = Tensor::empty({n, k});
-  float* o = out.data<float>();
+  const bool one_scale = q.scale.numel() == 1;  // float8dq per tensor
   const float* sc = q.scale.data<float>();
-  // Rows are independent: parallel (weight-only linears dequantize on every call).
-#pragma omp parallel for schedule(static) if (n * k > (1 << 16))
-  for (int64_t r = 0; r < n; ++r) {
-    for (int64_t j = 0; j < k; ++j) {
-      const int64_t i = r * k + j;
-      const int64_t si = q.scale.numel() == 1 ? 0 : r * g + j / gs;
+  // Byte codes -> f32 once per call for the table-driven formats (the same conversions the
+  // element loop used).
+  float lut[256];
+  if (spec.format == Format::kFloat8WeightOnly || spec.format == Format::kFloat8DynAct) {
+    for (int b = 0; b < 256; ++b) lut[b] = from_fp8(static_cast<uint8_t>(b), spec.fp8);
+  } else if (spec.format == Format::kFpxWeightOnly) {
+    for (int b = 0; b < 256; ++b) lut[b] = taomath::fpx_to_f32(static_cast<uint8_t>(b), spec.ebits, spec.mbits);
+  }
+  for (int64_t r = r0; r < r0 + rows; ++r) {
+    float* o = dst + (r - r0) * k;
+    for (int64_t gi = 0; gi < g; ++gi) {
+      const int64_t si = one_scale ? 0 : r * g + gi, j0 = gi * gs, i0 = r * k + j0;
       const float s = sc[si];
-      float v = 0.0f;
       switch (spec.format) {
         case Format::kInt8WeightOnly:
-        case Format::kInt8DynAct:
-          v = static_cast<float>(q.qdata.data<int8_t>()[i]) * s;
+        case Format::kInt8DynAct: {
+          const int8_t* qd = q.qdata.data<int8_t>() + i0;
+          for (int64_t j = 0; j < gs; ++j) o[j0 + j] = round_to(static_cast<float>(qd[j]) * s, bf16);
           break;
-        case Format::kInt4WeightOnly:
+        }
+        case Format::kInt4WeightOnly: {
           // (q - 8) -> weight dtype, *= scale, += zero, each in the weight dtype.
-          v = round_to(round_to(static_cast<float>(q.qdata.data<uint8_t>()[i]) - 8.0f, bf16) * s, bf16);
-          v = v + q.zero_point.data<float>()[si];
+          const uint8_t* qd = q.qdata.data<uint8_t>() + i0;
+          const float zero = q.zero_point.data<float>()[si];
+          for (int64_t j = 0; j < gs; ++j) {
+            const float v = round_to(round_to(static_cast<float>(qd[j]) - 8.0f, bf16) * s, bf16);
+            o[j0 + j] = round_to(v + zero, bf16);
+          }
           break;
+        }
         case Format::kInt4DynAct:
-        case Format::kUintxWeightOnly:
-          v = round_to(static_cast<float>(q.qdata.data<uint8_t>()[i]) -
-                           static_cast<float>(q.zero_point.data<int32_t>()[si]),
-                       bf16) * s;
+        case Format::kUintxWeightOnly: {
+          const uint8_t* qd = q.qdata.data<uint8_t>() + i0;
+          const float zp = static_cast<float>(q.zero_point.data<int32_t>()[si]);
+          for (int64_t j = 0; j < gs; ++j)
+            o[j0 + j] = round_to(round_to(static_cast<float>(qd[j]) - zp, bf16) * s, bf16);
           break;
+        }
         case Format::kFloat8WeightOnly:
         case Format::kFloat8DynAct:
-          v = from_fp8(q.qdata.data<uint8_t>()[i], spec.fp8) * s;
+        case Format::kFpxWeightOnly: {
+          const uint8_t* qd = q.qdata.data<uint8_t>() + i0;
+          for (int64_t j = 0; j < gs; ++j) o[j0 + j] = round_to(lut[qd[j]] * s, bf16);
           break;
-        case Format::kFpxWeightOnly:
-          v = taomath::fpx_to_f32(q.qdata.data<uint8_t>()[i], spec.ebits, spec.mbits) * s;
-          break;
+        }
       }
-      o[i] = round_to(v, bf16);
     }
   }
+}
+
+Tensor dequantize_weight(const QuantizedWeight& q) {
+  const int64_t n = q.out_features(), k = q.in_features();
+  Tensor out = Tensor::empty({n, k});
+  // Rows are independent: parallel.
+#pragma omp parallel for schedule(static) if (n * k > (1 << 16))
+  for (int64_t r = 0; r < n; ++r) dequantize_rows(q, r, 1, out.data<float>() + r * k);
   return out;
 }
 
@@ -385,6 +405,8 @@ absl::StatusOr<QuantizedActivation> quantize_activation(const Tensor& x, const F
     a.qdata = Tensor::empty({m, k}, DType::kF8E4M3FN);
     a.scale = Tensor::empty({spec.per_row ? m : 1, 1});
     if (!spec.per_row) a.scale.data<float>()[0] = float8_scale(src, m * k, fmax, bf16);
+    // Rows are independent (activations are quantized on every call): parallel over rows.
+#pragma omp parallel for schedule(static) if (m * k > (1 << 16))
     for (int64_t r = 0; r < m; ++r) {
       const float s = spec.per_row ? float8_scale(src + r * k, k, fmax, bf16) : a.scale.data<float>()[0];
       if (spec.per_row) a.scale.data<float>()[r] = s;
@@ -400,143 +422,31 @@ absl::StatusOr<QuantizedActivation> quantize_activation(const Tensor& x, const F
   a.qdata = Tensor::empty({m, k}, asym ? DType::kU8 : DType::kI8);
   a.scale = Tensor::empty({m, 1});
   if (asym) a.zero_point = Tensor::empty({m, 1}, DType::kI32);
-  std::vector<int32_t> codes(static_cast<size_t>(k));
-  for (int64_t r = 0; r < m; ++r) {
-    float s;
-    int32_t zp = 0;
-    if (asym) {
-      asymmetric_qparams(src + r * k, k, qmin, qmax, kF32Eps, bf16, &s, &zp);
-      a.zero_point.data<int32_t>()[r] = zp;
-    } else {
-      s = symmetric_scale(src + r * k, k, qmin, qmax, bf16);
-    }
-    a.scale.data<float>()[r] = s;
-    quantize_block(src + r * k, k, s, zp, qmin, qmax, false, codes.data());
-    for (int64_t j = 0; j < k; ++j) {
+#pragma omp parallel if (m * k > (1 << 16))
+  {
+    std::vector<int32_t> codes(static_cast<size_t>(k));
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < m; ++r) {
+      float s;
+      int32_t zp = 0;
       if (asym) {
-        a.qdata.data<uint8_t>()[r * k + j] = static_cast<uint8_t>(codes[j]);
+        asymmetric_qparams(src + r * k, k, qmin, qmax, kF32Eps, bf16, &s, &zp);
+        a.zero_point.data<int32_t>()[r] = zp;
       } else {
-        a.qdata.data<int8_t>()[r * k + j] = static_cast<int8_t>(codes[j]);
+        s = symmetric_scale(src + r * k, k, qmin, qmax, bf16);
+      }
+      a.scale.data<float>()[r] = s;
+      quantize_block(src + r * k, k, s, zp, qmin, qmax, false, codes.data());
+      for (int64_t j = 0; j < k; ++j) {
+        if (asym) {
+          a.qdata.data<uint8_t>()[r * k + j] = static_cast<uint8_t>(codes[j]);
+        } else {
+          a.qdata.data<int8_t>()[r * k + j] = static_cast<int8_t>(codes[j]);
+        }
       }
     }
   }
   return a;
-}
-
-absl::StatusOr<Tensor> quantized_linear(const Tensor& x, const QuantizedWeight& w, const Tensor* bias) {
-  const int64_t n = w.out_features(), k = w.in_features();
-  if (x.dtype() != DType::kF32 || x.dim() < 1 || x.size(-1) != k) {
-    return absl::InvalidArgumentError(absl::StrCat("torchao linear (", w.spec.name, "): x ",
-                                                   x.shape_str(), " ", dtype_name(x.dtype()),
-                                                   " vs weight [", n, ", ", k, "] (float32 x)"));
-  }
-  if (bias != nullptr && (bias->numel() != n || bias->dtype() != DType::kF32)) {
-    return absl::InvalidArgumentError(absl::StrCat("torchao linear (", w.spec.name, "): bias ",
-                                                   bias->shape_str(), " for ", n, " outputs"));
-  }
-  const int64_t m = x.numel() / std::max<int64_t>(k, 1);
-  Shape out_shape = x.shape();
-  out_shape.back() = n;
-  Tensor y = Tensor::zeros(out_shape);
-  float* yp = y.data<float>();
-  const Tensor x2 = x.reshape({m, k});
-  const FormatSpec& spec = w.spec;
-  const float* sw = w.scale.data<float>();
-  switch (spec.format) {
-    case Format::kInt8WeightOnly: {
-      // Int8Tensor per-row path: (x @ q^T) * scale.
-      std::vector<float> qf(static_cast<size_t>(n * k));
-      const int8_t* qd = w.qdata.data<int8_t>();
-#pragma omp parallel for schedule(static) if (n * k > (1 << 16))
-      for (int64_t i = 0; i < n * k; ++i) qf[static_cast<size_t>(i)] = qd[i];
-      if (m > 0 && k > 0) {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m), static_cast<int>(n),
-                    static_cast<int>(k), 1.0f, x2.data<float>(), static_cast<int>(k), qf.data(),
-                    static_cast<int>(k), 0.0f, yp, static_cast<int>(n));
-      }
-      for (int64_t r = 0; r < m; ++r)
-        for (int64_t c = 0; c < n; ++c) yp[r * n + c] *= sw[c];
-      break;
-    }
-    case Format::kInt8DynAct: {
-      // int_scaled_matmul: float(int32 acc) * s_x, then * s_w.
-      auto a = quantize_activation(x2, spec);
-      if (!a.ok()) return a.status();
-      const int8_t* qx = a->qdata.data<int8_t>();
-      const int8_t* qw = w.qdata.data<int8_t>();
-#pragma omp parallel for if (m * n * k > (1 << 16))
-      for (int64_t r = 0; r < m; ++r) {
-        for (int64_t c = 0; c < n; ++c) {
-          int32_t acc = 0;
-          for (int64_t j = 0; j < k; ++j) acc += int32_t{qx[r * k + j]} * int32_t{qw[c * k + j]};
-          yp[r * n + c] = (static_cast<float>(acc) * a->scale.data<float>()[r]) * sw[c];
-        }
-      }
-      break;
-    }
-    case Format::kInt4DynAct: {
-      // Exact int32 per group, groups combined in double: sum_g acc_g · s_x · s_w[g].
-      auto a = quantize_activation(x2, spec);
-      if (!a.ok()) return a.status();
-      const int64_t g = groups_of(spec, k), gs = k / g;
-      const bool asym = !spec.act_symmetric;
-      const uint8_t* qw = w.qdata.data<uint8_t>();
-      const int32_t* zw = w.zero_point.data<int32_t>();
-#pragma omp parallel for if (m * n * k > (1 << 16))
-      for (int64_t r = 0; r < m; ++r) {
-        const int32_t zx = asym ? a->zero_point.data<int32_t>()[r] : 0;
-        const double sx = a->scale.data<float>()[r];
-        for (int64_t c = 0; c < n; ++c) {
-          double sum = 0.0;
-          for (int64_t gi = 0; gi < g; ++gi) {
-            int32_t acc = 0;
-            for (int64_t j = gi * gs; j < (gi + 1) * gs; ++j) {
-              const int32_t xv = asym ? int32_t{a->qdata.data<uint8_t>()[r * k + j]} - zx
-                                      : int32_t{a->qdata.data<int8_t>()[r * k + j]};
-              acc += xv * (int32_t{qw[c * k + j]} - zw[c * g + gi]);
-            }
-            sum += static_cast<double>(acc) * sx * static_cast<double>(sw[c * g + gi]);
-          }
-          yp[r * n + c] = static_cast<float>(sum);
-        }
-      }
-      break;
-    }
-    case Format::kFloat8DynAct: {
-      // _scaled_mm semantics: fp8 products accumulated in f32, then s_x · s_w.
-      auto a = quantize_activation(x2, spec);
-      if (!a.ok()) return a.status();
-      std::vector<float> xf(static_cast<size_t>(m * k)), wf(static_cast<size_t>(n * k));
-      for (size_t i = 0; i < xf.size(); ++i) xf[i] = dmath::f8e4m3fn_to_f32(a->qdata.data<uint8_t>()[i]);
-      for (size_t i = 0; i < wf.size(); ++i) wf[i] = from_fp8(w.qdata.data<uint8_t>()[i], spec.fp8);
-      if (m > 0 && k > 0) {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m), static_cast<int>(n),
-                    static_cast<int>(k), 1.0f, xf.data(), static_cast<int>(k), wf.data(),
-                    static_cast<int>(k), 0.0f, yp, static_cast<int>(n));
-      }
-      for (int64_t r = 0; r < m; ++r) {
-        const float sx = a->scale.data<float>()[spec.per_row ? r : 0];
-        for (int64_t c = 0; c < n; ++c) yp[r * n + c] *= sx * sw[spec.per_row ? c : 0];
-      }
-      break;
-    }
-    default: {
-      // Weight-only: dequantize (in the weight dtype, as torchao) then an f32 GEMM.
-      Tensor wd = dequantize_weight(w);
-      if (m > 0 && k > 0) {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m), static_cast<int>(n),
-                    static_cast<int>(k), 1.0f, x2.data<float>(), static_cast<int>(k), wd.data<float>(),
-                    static_cast<int>(k), 0.0f, yp, static_cast<int>(n));
-      }
-      break;
-    }
-  }
-  if (bias != nullptr) {
-    const float* b = bias->data<float>();
-    for (int64_t r = 0; r < m; ++r)
-      for (int64_t c = 0; c < n; ++c) yp[r * n + c] += b[c];
-  }
-  return y;
 }
 
 }  // namespace fluxserve::torchao

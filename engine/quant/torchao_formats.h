@@ -67,6 +67,8 @@ absl::StatusOr<QuantizedWeight> quantize_weight(const Tensor& w, const FormatSpe
 // torchao's dequantize(output_dtype = weight dtype), returned as f32 [N, K] (bf16-rounded values
 // when the weight was bf16).
 Tensor dequantize_weight(const QuantizedWeight& q);
+// Rows [r0, r0 + rows) of the same, into dst [rows, K] (the panels of quantized_linear).
+void dequantize_rows(const QuantizedWeight& q, int64_t r0, int64_t rows, float* dst);
 
 // A dynamically quantized activation [M, K]: per-token (or per-tensor) scale [M,1] / [1,1] f32,
 // qdata kI8 / kU8 / f8, zero_point kI32 [M,1] for asymmetric int4dq activations.
@@ -80,9 +82,11 @@ struct QuantizedActivation {
 // FailedPrecondition for weight-only formats.
 absl::StatusOr<QuantizedActivation> quantize_activation(const Tensor& x, const FormatSpec& spec);
 
-// y = x · Wᵀ + bias for x [..., K] f32; weight-only formats dequantize then GEMM (scales applied
-// to the GEMM's output where torchao does), dynamic ones quantize x and accumulate exactly
-// (int32 per group for integer formats, products of fp8 values in f32 for float8dq).
+// y = x · Wᵀ + bias for x [..., K] f32 (torchao_linear.cc); weight-only formats dequantize then
+// GEMM, panel by panel (scales applied to the GEMM's output where torchao does); dynamic ones
+// quantize x per call: int8dq accumulates exactly in int32, int4dq multiplies the integer
+// activations with the dequantized weight in f32 (torchao's dequantize-then-matmul), float8dq
+// sums products of fp8 values in f32.
 absl::StatusOr<Tensor> quantized_linear(const Tensor& x, const QuantizedWeight& w,
                                         const Tensor* bias = nullptr);
 
