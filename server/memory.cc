@@ -1,5 +1,6 @@
 #include "server/memory.h"
 
+#include <dlfcn.h>
 #include <malloc.h>
 #include <unistd.h>
 
@@ -61,6 +62,55 @@ int64_t mem_available_bytes() {
     if (key == "MemAvailable:") return kb * 1024;
   }
   return -1;
+}
+
+namespace {
+
+// The few NVML entry points used, with the ABI of nvml.h (stable since NVML 10: the _v2 names).
+struct NvmlMemory {
+  unsigned long long total, free, used;
+};
+using NvmlDevice = void*;
+struct Nvml {
+  int (*init)() = nullptr;
+  int (*count)(unsigned int*) = nullptr;
+  int (*handle)(unsigned int, NvmlDevice*) = nullptr;
+  int (*memory)(NvmlDevice, NvmlMemory*) = nullptr;
+  bool ok = false;
+};
+
+const Nvml& nvml() {
+  static const Nvml n = [] {
+    Nvml r;
+    void* lib = dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (lib == nullptr) return r;
+    r.init = reinterpret_cast<int (*)()>(dlsym(lib, "nvmlInit_v2"));
+    r.count = reinterpret_cast<int (*)(unsigned int*)>(dlsym(lib, "nvmlDeviceGetCount_v2"));
+    r.handle = reinterpret_cast<int (*)(unsigned int, NvmlDevice*)>(
+        dlsym(lib, "nvmlDeviceGetHandleByIndex_v2"));
+    r.memory = reinterpret_cast<int (*)(NvmlDevice, NvmlMemory*)>(
+        dlsym(lib, "nvmlDeviceGetMemoryInfo"));
+    r.ok = r.init != nullptr && r.count != nullptr && r.handle != nullptr &&
+           r.memory != nullptr && r.init() == 0;  // NVML_SUCCESS
+    return r;
+  }();
+  return n;
+}
+
+}  // namespace
+
+std::vector<GpuMemory> gpu_memory() {
+  std::vector<GpuMemory> out;
+  const Nvml& n = nvml();
+  unsigned int count = 0;
+  if (!n.ok || n.count(&count) != 0) return out;
+  for (unsigned int i = 0; i < count; ++i) {
+    NvmlDevice dev = nullptr;
+    NvmlMemory m{};
+    if (n.handle(i, &dev) != 0 || n.memory(dev, &m) != 0) continue;
+    out.push_back({static_cast<int>(i), static_cast<int64_t>(m.used), static_cast<int64_t>(m.total)});
+  }
+  return out;
 }
 
 int64_t trim_heap() {

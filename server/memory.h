@@ -18,6 +18,16 @@ namespace fluxserve::server {
 int64_t process_rss_bytes();
 // MemAvailable from /proc/meminfo, -1 when unknown.
 int64_t mem_available_bytes();
+// Memory of each NVIDIA GPU as the driver reports it (NVML, the library nvidia-smi and DCGM use;
+// loaded with dlopen, so machines without the driver run the same binary): used bytes are the
+// whole device's, every process included. Empty without a driver or a GPU. NVML does not create
+// a CUDA context, so scraping costs no GPU memory.
+struct GpuMemory {
+  int index = 0;
+  int64_t used = 0, total = 0;
+};
+std::vector<GpuMemory> gpu_memory();
+
 // Returns freed heap pages to the kernel (malloc_trim(0)) and the RSS drop it caused.
 int64_t trim_heap();
 

@@ -73,7 +73,29 @@ class ScrapeTimeCollectable : public prometheus::Collectable {
     prometheus::MetricFamily rss{"process_resident_memory_bytes", "Resident memory size in bytes",
                                  prometheus::MetricType::Gauge,
                                  {gauge_sample({}, static_cast<double>(process_rss_bytes()))}};
-    return {std::move(state), std::move(memory), std::move(rss)};
+    std::vector<prometheus::MetricFamily> out;
+    out.push_back(std::move(state));
+    out.push_back(std::move(memory));
+    out.push_back(std::move(rss));
+    const std::vector<GpuMemory> gpus = gpu_memory();
+    if (!gpus.empty()) {
+      prometheus::MetricFamily used{"fluxserve_gpu_memory_used_bytes",
+                                    "GPU memory in use on the device (every process), from NVML",
+                                    prometheus::MetricType::Gauge,
+                                    {}};
+      prometheus::MetricFamily total{"fluxserve_gpu_memory_total_bytes",
+                                     "GPU memory of the device, from NVML",
+                                     prometheus::MetricType::Gauge,
+                                     {}};
+      for (const GpuMemory& g : gpus) {
+        const std::string device = absl::StrCat("cuda:", g.index);
+        used.metric.push_back(gauge_sample({{"device", device}}, static_cast<double>(g.used)));
+        total.metric.push_back(gauge_sample({{"device", device}}, static_cast<double>(g.total)));
+      }
+      out.push_back(std::move(used));
+      out.push_back(std::move(total));
+    }
+    return out;
   }
 
  private:
