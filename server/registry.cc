@@ -372,7 +372,10 @@ absl::StatusOr<std::shared_ptr<ModelLease>> ModelRegistry::acquire(
         continue;
       }
       case v1::MODEL_STATE_UNLOADING:
-        return absl::UnavailableError(absl::StrCat("model '", name, "' is being unloaded"));
+        // UnloadModel took the name out of routing at once; only its running requests finish.
+        // Not UNAVAILABLE: retrying would not bring it back.
+        return absl::NotFoundError(absl::StrCat(
+            "model: '", name, "' is being unloaded and takes no new requests"));
       default:
         return absl::UnavailableError(
             absl::StrCat("model '", name, "' is not available: ", e.reason));

@@ -89,7 +89,8 @@ class ModelRegistry {
 
   // The model a request runs on; "" = the default. Waits while the name is LOADING (a swap that
   // drains and reloads, or the first load), polling `stop` every few milliseconds, whose
-  // non-OK status is returned. NOT_FOUND for unknown names, UNAVAILABLE when FAILED/UNLOADING.
+  // non-OK status is returned. NOT_FOUND for unknown names and names being unloaded, UNAVAILABLE
+  // when FAILED.
   absl::StatusOr<std::shared_ptr<ModelLease>> acquire(const std::string& name,
                                                       const std::function<absl::Status()>& stop);
   // Whether `name` ("" = the default) is known, without waiting (request validation).

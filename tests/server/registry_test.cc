@@ -227,7 +227,7 @@ TEST(ModelRegistry, UnloadWaitsForInFlightLeases) {
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   EXPECT_EQ(reg.get("m")->state(), v1::MODEL_STATE_UNLOADING);
-  EXPECT_EQ(reg.acquire("m", never_stop).status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(reg.acquire("m", never_stop).status().code(), absl::StatusCode::kNotFound);  // out of routing at once
   EXPECT_EQ(unload.wait_for(std::chrono::milliseconds(50)), std::future_status::timeout);
   EXPECT_TRUE(generate_on(*lease).ok());
   lease.reset();
