@@ -33,17 +33,6 @@ std::string temp_dir(const std::string& stem) {
 
 std::string root() { return fixture("bnb_checkpoint"); }
 
-FluxTransformerInputs read_inputs(const SafetensorsFile& f) {
-  FluxTransformerInputs in;
-  in.hidden_states = *f.get("hidden_states");
-  in.encoder_hidden_states = *f.get("encoder_hidden_states");
-  in.pooled_projections = *f.get("pooled_projections");
-  in.timestep = *f.get("timestep");
-  in.img_ids = *f.get("img_ids");
-  in.txt_ids = *f.get("txt_ids");
-  return in;
-}
-
 ComponentQuantConfig case_config(const std::string& name) {
   const nlohmann::json cases = *read_json_file(root() + "/cases.json");
   auto pq = PipelineQuantConfig::from_json({{"quant_mapping", {{"transformer", cases.at(name)}}}});
@@ -62,7 +51,7 @@ TEST_P(BnbCheckpointGolden, LoadsAsStoredAndMatchesDiffusersForward) {
   auto inputs = SafetensorsFile::open(root() + "/inputs.safetensors");
   auto outputs = SafetensorsFile::open(root() + "/outputs.safetensors");
   ASSERT_TRUE(inputs.ok() && outputs.ok());
-  auto sample = (*model)->forward(read_inputs(**inputs));
+  auto sample = (*model)->forward(testing::transformer_inputs(**inputs));
   ASSERT_TRUE(sample.ok()) << sample.status();
   const Tensor ref = *(*outputs)->get("sample_" + GetParam());
   ASSERT_EQ(sample->shape(), ref.shape());

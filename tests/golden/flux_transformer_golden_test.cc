@@ -16,18 +16,6 @@ using testing::rel_error;
 
 class FluxTransformerGolden : public ::testing::TestWithParam<std::string> {};
 
-FluxTransformerInputs read_inputs(const SafetensorsFile& f) {
-  FluxTransformerInputs in;
-  in.hidden_states = *f.get("hidden_states");
-  in.encoder_hidden_states = *f.get("encoder_hidden_states");
-  in.pooled_projections = *f.get("pooled_projections");
-  in.timestep = *f.get("timestep");
-  in.img_ids = *f.get("img_ids");
-  in.txt_ids = *f.get("txt_ids");
-  if (f.find("guidance")) in.guidance = *f.get("guidance");
-  return in;
-}
-
 TEST_P(FluxTransformerGolden, MatchesDiffusers) {
   const std::string dir = fixture(GetParam());
   auto model = FluxTransformer2DModel::load(dir + "/model/transformer");
@@ -36,7 +24,7 @@ TEST_P(FluxTransformerGolden, MatchesDiffusers) {
   auto inputs = SafetensorsFile::open(dir + "/inputs.safetensors");
   auto outputs = SafetensorsFile::open(dir + "/outputs.safetensors");
   ASSERT_TRUE(inputs.ok() && outputs.ok());
-  const FluxTransformerInputs in = read_inputs(**inputs);
+  const FluxTransformerInputs in = testing::transformer_inputs(**inputs);
   // The image ids are the pipeline's own (0, row, col) grid: check our builder agrees.
   const Tensor ids = in.img_ids;
   const Tensor ours_ids = latent_image_ids(static_cast<int64_t>(ids.data<float>()[ids.numel() - 2]) + 1,
@@ -64,7 +52,7 @@ TEST(FluxTransformerGolden, ConditioningMatters) {
   ASSERT_TRUE(model.ok()) << model.status();
   auto inputs = SafetensorsFile::open(dir + "/inputs.safetensors");
   ASSERT_TRUE(inputs.ok());
-  FluxTransformerInputs in = read_inputs(**inputs);
+  FluxTransformerInputs in = testing::transformer_inputs(**inputs);
   const Tensor base = *(*model)->forward(in);
   FluxTransformerInputs g = in;
   g.guidance = in.guidance->clone();
@@ -81,7 +69,7 @@ TEST(FluxTransformerGolden, RejectsBadInputs) {
   auto model = FluxTransformer2DModel::load(dir + "/model/transformer");
   ASSERT_TRUE(model.ok());
   auto inputs = SafetensorsFile::open(dir + "/inputs.safetensors");
-  const FluxTransformerInputs good = read_inputs(**inputs);
+  const FluxTransformerInputs good = testing::transformer_inputs(**inputs);
 
   FluxTransformerInputs no_guidance = good;
   no_guidance.guidance.reset();

@@ -5,6 +5,8 @@
 #include <string>
 
 #include "engine/core/tensor.h"
+#include "engine/io/safetensors.h"
+#include "engine/models/flux_transformer.h"
 
 namespace fluxserve::testing {
 
@@ -20,6 +22,19 @@ inline double rel_error(const Tensor& ours, const Tensor& ref) {
     den += static_cast<double>(b.data<float>()[i]) * b.data<float>()[i];
   }
   return std::sqrt(num) / std::sqrt(den);
+}
+
+// The FluxTransformer2DModel forward inputs a golden generator saved (guidance when present).
+inline FluxTransformerInputs transformer_inputs(const SafetensorsFile& f) {
+  FluxTransformerInputs in;
+  in.hidden_states = *f.get("hidden_states");
+  in.encoder_hidden_states = *f.get("encoder_hidden_states");
+  in.pooled_projections = *f.get("pooled_projections");
+  in.timestep = *f.get("timestep");
+  in.img_ids = *f.get("img_ids");
+  in.txt_ids = *f.get("txt_ids");
+  if (f.find("guidance")) in.guidance = *f.get("guidance");
+  return in;
 }
 
 }  // namespace fluxserve::testing
